@@ -1,0 +1,246 @@
+"""Autoregressive image models: the Gated PixelCNN and the PixelCNN baseline.
+
+Every model maps integer images ``[B, H, W, C]`` in 0..255 to float32 logits
+``[B, H, W, C, 256]``; the logits at (i, j, c) depend only on sub-pixels
+before (i, j, c) in raster-then-channel order (tests/test_causality.py proves
+it bit for bit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gated_pixelcnn import layers
+
+Array = jax.Array
+NUM_VALUES = 256  # 8-bit sub-pixels, one 256-way softmax each
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_images(images: Array, num_channels: int) -> None:
+  """Raises a ValueError if ``images`` is not integer [B, H, W, C] in 0..255."""
+  shape = getattr(images, 'shape', None)
+  if shape is None or len(shape) != 4:
+    raise ValueError(
+        f'images must have rank 4 [batch, height, width, channels], got shape '
+        f'{shape}.')
+  if shape[-1] != num_channels:
+    raise ValueError(
+        f'images have {shape[-1]} channels but the model was built for '
+        f'{num_channels} (model.num_channels).')
+  if not jnp.issubdtype(images.dtype, jnp.integer):
+    raise ValueError(
+        f'images must be integers in 0..255 (e.g. uint8 or int32), got dtype '
+        f'{images.dtype}; do not rescale them before the model.')
+  if _is_concrete(images) and images.size:
+    values = np.asarray(images)  # on the host: no op joins an outer trace
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= NUM_VALUES:
+      raise ValueError(
+          f'image values must lie in 0..{NUM_VALUES - 1}, got range '
+          f'[{lo}, {hi}].')
+
+
+def check_labels(labels: Array | None, num_classes: int, batch: int) -> None:
+  """Raises a ValueError unless labels fit a model with ``num_classes``."""
+  if num_classes == 0:
+    if labels is not None:
+      raise ValueError('labels were given but the model is unconditional '
+                       '(model.num_classes = 0).')
+    return
+  if labels is None:
+    raise ValueError(f'the model is class-conditional (model.num_classes = '
+                     f'{num_classes}); pass labels=int[batch].')
+  if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f'labels must be integers of shape ({batch},), got '
+                     f'{labels.dtype}{list(labels.shape)}.')
+  if _is_concrete(labels) and labels.size:
+    values = np.asarray(labels)
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= num_classes:
+      raise ValueError(f'labels must lie in 0..{num_classes - 1}, got range '
+                       f'[{lo}, {hi}].')
+
+
+def _check_odd(name: str, value: int) -> None:
+  if value < 1 or value % 2 == 0:
+    raise ValueError(f'{name} must be a positive odd number (the current pixel '
+                     f'is the kernel centre), got {value}.')
+
+
+def _check_divisible(name: str, value: int, num_channels: int) -> None:
+  if value < 1 or value % num_channels:
+    raise ValueError(
+        f'{name} = {value} must be a positive multiple of num_channels = '
+        f'{num_channels}: colour masking splits the maps into one group per '
+        f'channel.')
+
+
+def _check_common(module) -> None:
+  if module.num_channels not in (1, 3):
+    raise ValueError(f'num_channels must be 1 or 3, got {module.num_channels}.')
+  if module.num_layers < 1:
+    raise ValueError(f'num_layers must be >= 1, got {module.num_layers}.')
+  _check_odd('kernel_size', module.kernel_size)
+  _check_odd('first_kernel_size', module.first_kernel_size)
+  _check_divisible('features', module.features, module.num_channels)
+  _check_divisible('head_features', module.head_features, module.num_channels)
+  if module.num_classes < 0:
+    raise ValueError(f'num_classes must be >= 0, got {module.num_classes}.')
+  if jnp.dtype(module.dtype) not in (jnp.float32, jnp.bfloat16):
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got "
+                     f'{module.dtype!r}.')
+
+
+def _scale(images: Array) -> Array:
+  return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+class OutputHead(nn.Module):
+  """ReLU, masked 1x1, ReLU, masked 1x1 -> float32 [B, H, W, C, 256] logits."""
+  head_features: int
+  num_channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxP: Array) -> Array:
+    C = self.num_channels
+    x = nn.relu(x_BxHxWxP)
+    x = layers.MaskedConv(self.head_features, mask_type='B', num_colors=C,
+                          dtype=self.dtype, name='hidden')(x)
+    x = nn.relu(x)
+    # Logits in float32 whatever the compute dtype: they feed a softmax.
+    logits = layers.MaskedConv(C * NUM_VALUES, mask_type='B', num_colors=C,
+                               dtype=jnp.float32, name='logits')(x)
+    return logits.reshape(*logits.shape[:-1], C, NUM_VALUES)
+
+
+class GatedPixelCNN(nn.Module):
+  """Gated PixelCNN (van den Oord et al. 2016) with optional conditioning."""
+  num_layers: int = 6
+  features: int = 48
+  kernel_size: int = 5
+  first_kernel_size: int = 7
+  num_channels: int = 1
+  num_classes: int = 0     # > 0: class-conditional on `labels`
+  head_features: int = 256
+  dtype: Any = 'float32'   # compute dtype; params and logits stay float32
+
+  def __post_init__(self):
+    _check_common(self)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, images: Array, labels: Array | None = None,
+               cond_vector: Array | None = None,
+               cond_maps: Array | None = None) -> Array:
+    """Logits [B, H, W, C, 256] of integer images [B, H, W, C].
+
+    Args:
+      images: integer [B, H, W, C] in 0..255.
+      labels: int [B] class labels, required iff ``num_classes > 0``.
+      cond_vector: optional float [B, D], the global conditioning vector h.
+      cond_maps: optional float [B, H, W, S], spatial conditioning maps s.
+    """
+    check_images(images, self.num_channels)
+    B, H, W, _ = images.shape
+    check_labels(labels, self.num_classes, B)
+    if cond_maps is not None and cond_maps.shape[:3] != (B, H, W):
+      raise ValueError(f'cond_maps must have shape ({B}, {H}, {W}, S) to match '
+                       f'the images, got {cond_maps.shape}.')
+    if cond_vector is not None and (cond_vector.ndim != 2 or
+                                    cond_vector.shape[0] != B):
+      raise ValueError(f'cond_vector must have shape ({B}, D), got '
+                       f'{cond_vector.shape}.')
+    h_BxD = cond_vector
+    if labels is not None:
+      one_hot = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
+      h_BxD = one_hot if h_BxD is None else jnp.concatenate(
+          [one_hot, h_BxD.astype(jnp.float32)], axis=-1)
+
+    dtype = jnp.dtype(self.dtype)
+    v = h = _scale(images)
+    skips = []
+    for i in range(self.num_layers):
+      v, h, skip = layers.GatedBlock(
+          self.features,
+          self.first_kernel_size if i == 0 else self.kernel_size,
+          num_colors=self.num_channels, first=i == 0,
+          last=i == self.num_layers - 1, dtype=dtype,
+          name=f'block_{i}')(v, h, h_BxD, cond_maps)
+      skips.append(skip)
+    return OutputHead(self.head_features, self.num_channels, dtype,
+                      name='head')(sum(skips))
+
+
+class PixelCNN(nn.Module):
+  """The PixelCNN baseline of the PixelRNN paper (has a blind spot)."""
+  num_layers: int = 6      # residual blocks after the mask-A layer
+  features: int = 64       # 2h in the paper's notation
+  kernel_size: int = 3
+  first_kernel_size: int = 7
+  num_channels: int = 1
+  num_classes: int = 0     # the baseline is unconditional; must stay 0
+  head_features: int = 256
+  dtype: Any = 'float32'
+
+  def __post_init__(self):
+    _check_common(self)
+    if self.num_classes:
+      raise ValueError('the PixelCNN baseline is unconditional; set '
+                       'model.num_classes = 0.')
+    _check_divisible('features // 2', self.features // 2, self.num_channels)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, images: Array, labels: Array | None = None) -> Array:
+    """Logits [B, H, W, C, 256] of integer images [B, H, W, C]."""
+    check_images(images, self.num_channels)
+    check_labels(labels, 0, images.shape[0])
+    C, dtype = self.num_channels, jnp.dtype(self.dtype)
+
+    def centred(features, k, mask_type, name):
+      # 'SAME' padding; the centre tap is the current pixel, later taps closed.
+      return layers.MaskedConv(
+          features, (k, k), ((k // 2, k // 2), (k // 2, k // 2)),
+          mask_type=mask_type, current=(k // 2, k // 2), num_colors=C,
+          dtype=dtype, name=name)
+
+    x = centred(self.features, self.first_kernel_size, 'A', 'input_conv')(
+        _scale(images))
+    for i in range(self.num_layers):
+      y = nn.relu(x)
+      y = centred(self.features // 2, 1, 'B', f'block_{i}_in')(y)
+      y = centred(self.features // 2, self.kernel_size, 'B',
+                  f'block_{i}_conv')(nn.relu(y))
+      y = centred(self.features, 1, 'B', f'block_{i}_out')(nn.relu(y))
+      x = x + y
+    return OutputHead(self.head_features, C, dtype, name='head')(x)
+
+
+MODELS = {'gated_pixelcnn': GatedPixelCNN, 'pixelcnn': PixelCNN}
+
+
+def create_model(model_config) -> nn.Module:
+  """Builds the flax Module named by ``model_config.name`` from its fields."""
+  cfg = dict(model_config)
+  name = cfg.pop('name', None)
+  if name not in MODELS:
+    raise ValueError(f'unknown model.name {name!r}; choose one of '
+                     f'{sorted(MODELS)}.')
+  cls = MODELS[name]
+  known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  unknown = sorted(set(cfg) - known)
+  if unknown:
+    raise ValueError(f'model {name!r} does not take config key(s) {unknown}; '
+                     f'it takes {sorted(known)}.')
+  return cls(**cfg)
