@@ -1,10 +1,13 @@
 """Default: an unconditional Gated PixelCNN on Fashion-MNIST (28x28x1).
 
-Sized to train usefully on a 2-core CPU in about an hour; the paper setups
-are in imagenet64.py, imagenet32.py and cifar10.py.
+Sized to train in about an hour on a 2-core CPU (2,800 steps of batch 32,
+about 1.2 s each, with two full test-split evaluations); longer runs:
+--config.num_train_steps=N (the cosine schedule stretches to N). The paper
+setups are in imagenet64.py, imagenet32.py and cifar10.py.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_model_config() -> ml_collections.ConfigDict:
@@ -21,8 +24,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.num_channels = 1
   # > 0 makes the model class-conditional on the dataset labels.
   model.num_classes = 0
-  # Width of the ReLU-1x1 output head before the 256-way logits.
-  model.head_features = 256
+  # Width of the ReLU-1x1 output head before the 256-way logits. Its last
+  # 1x1 (head_features x 256 per pixel) costs as much as a gated layer at
+  # head_features = 256, so keep it narrow on a CPU.
+  model.head_features = 64
   # Compute dtype: 'float32', or 'bfloat16' on TPU/GPU.
   model.dtype = 'float32'
   return model
@@ -31,17 +36,44 @@ def get_model_config() -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
   """Fashion-MNIST, read offline from Debian's dataset-fashion-mnist."""
   config = ml_collections.ConfigDict()
+  # A name from gated_pixelcnn.input_pipeline.SPECS.
   config.dataset = 'fashion_mnist'
+  # TFDS data_dir (None: TFDS's default, ~/tensorflow_datasets).
+  config.data_dir = placeholder(str)
+  # Folder of local source files to prepare the dataset from when it is not
+  # prepared yet (None: the dataset's default, e.g. Debian's Fashion-MNIST).
+  config.manual_dir = placeholder(str)
+  # Let TFDS download the dataset if it is missing (needs internet).
+  config.download = False
   config.model = get_model_config()
 
-  # Global batch size (split over all devices).
+  # Global batch sizes, split over all devices of all processes.
   config.batch_size = 32
-  config.num_train_steps = 20_000
+  config.eval_batch_size = 256
+  config.num_train_steps = 2_800
+  # 'rmsprop' (the paper's) or 'adam'.
   config.optimizer = 'rmsprop'
   config.learning_rate = 1e-3
-  config.log_every_steps = 100
-  config.eval_every_steps = 2_000
-  config.checkpoint_every_steps = 1_000
+  # 'constant' or 'cosine' (decay to 0 at num_train_steps), after a linear
+  # warm-up of warmup_steps.
+  config.lr_schedule = 'cosine'
+  # RMSProp's second-moment estimate starts at zero: warm up the step size.
+  config.warmup_steps = 100
+  config.rmsprop_decay = 0.95
+  config.rmsprop_eps = 1e-6
+  # Clip gradients to this global norm (0: off).
+  config.grad_clip_norm = 0.0
+  # Evaluate with an exponential moving average of the parameters (0: off).
+  config.ema_decay = 0.0
+
+  config.log_every_steps = 50
+  config.eval_every_steps = 1_400
+  config.checkpoint_every_steps = 500
+  config.max_to_keep = 3
+  # Split large parameters and their optimizer state over the devices.
+  config.shard_params = False
+  # Steps traced by clu's profiler, 10 steps after (re)start (0: off).
+  config.num_profile_steps = 0
   config.seed = 0
 
   config.sample = ml_collections.ConfigDict()

@@ -13,6 +13,8 @@ def get_config():
   model.head_features = 16
   config.batch_size = 8
   config.num_train_steps = 4
+  config.lr_schedule = 'constant'
+  config.warmup_steps = 0
   config.log_every_steps = 1
   config.eval_every_steps = 2
   config.checkpoint_every_steps = 2

@@ -1,0 +1,59 @@
+"""Entry point: flags only; the work happens in train.py (and later modules).
+
+  python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR
+  python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR \\
+      --mode=eval
+  # any config value: --config.batch_size=64 --config.model.num_layers=12
+"""
+
+import logging as std_logging
+import os
+
+# TensorFlow serves tf.data/TFDS only: keep it off the accelerators and quiet.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+import tensorflow as tf
+
+from gated_pixelcnn import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration (a configs/*.py file).',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, results.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                  'train: train and evaluate, resuming from the newest '
+                  'checkpoint; eval: bits/dim of the newest checkpoint on the '
+                  'test split.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+MODES = {'train': train.train_and_evaluate,
+         'eval': train.evaluate_checkpoint}
+
+
+class _QuietOrbax(std_logging.Filter):
+  """Drops Orbax's per-save INFO chatter; its warnings and errors stay."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or (
+        '/orbax/' not in record.pathname)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  tf.config.set_visible_devices([], 'GPU')
+  logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

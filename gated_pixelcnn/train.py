@@ -1,0 +1,495 @@
+"""Training and evaluation: pure jitted steps on a data-parallel mesh, the loop.
+
+The mesh has one axis, ``data``, over all devices of all processes. Batches are
+split on it; parameters and optimizer state are replicated, or (with
+``config.shard_params``) large arrays are split over it. XLA inserts the
+gradient all-reduce. Both steps are pure functions of their inputs; the train
+state is donated.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+from typing import Any, Callable, Iterable
+
+from absl import logging
+from clu import metric_writers
+from clu import parameter_overview
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from gated_pixelcnn import checkpointing
+from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import likelihood
+from gated_pixelcnn import models
+
+P = jax.sharding.PartitionSpec
+# Fetch metrics (and so block) at least this often: on small CPU machines,
+# queueing many more steps with collectives aborts XLA's rendezvous.
+MAX_STEPS_WITHOUT_SYNC = 32
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything needed to resume training exactly."""
+  step: jax.Array          # int32 scalar: updates applied so far
+  params: Any
+  opt_state: Any
+  ema_params: Any          # exponential moving average of params, or None
+  rng: jax.Array           # uint32[2] key for stochastic work (samples)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+# ------------------------------------------------------------------- config
+
+
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices: int | None = None) -> input_pipeline.DatasetSpec:
+  """Fails fast, with a message naming the key, on a config that cannot run."""
+  spec = input_pipeline.get_spec(config.dataset)
+  num_devices = num_devices or jax.device_count()
+
+  def check(ok, message):
+    if not ok:
+      raise ValueError(f'bad config: {message}')
+
+  for key in ('num_train_steps',):
+    check(config[key] >= 0, f'{key} = {config[key]} must be >= 0.')
+  for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
+              'checkpoint_every_steps', 'max_to_keep'):
+    check(config[key] > 0, f'{key} = {config[key]} must be > 0.')
+  for key in ('batch_size', 'eval_batch_size'):
+    check(config[key] % num_devices == 0,
+          f'{key} = {config[key]} must be divisible by the number of devices '
+          f'({num_devices}); e.g. --config.{key}='
+          f'{max(1, config[key] // num_devices) * num_devices}.')
+    check(config[key] % jax.process_count() == 0,
+          f'{key} must be divisible by the process count.')
+  check(config.learning_rate > 0,
+        f'learning_rate = {config.learning_rate} must be > 0.')
+  check(config.optimizer in OPTIMIZERS,
+        f'optimizer {config.optimizer!r} is not one of {sorted(OPTIMIZERS)}.')
+  check(config.lr_schedule in ('constant', 'cosine'),
+        f"lr_schedule {config.lr_schedule!r} is not 'constant' or 'cosine'.")
+  check(0 <= config.warmup_steps, 'warmup_steps must be >= 0.')
+  check(config.grad_clip_norm >= 0, 'grad_clip_norm must be >= 0 (0: off).')
+  check(0 <= config.ema_decay < 1, 'ema_decay must be in [0, 1) (0: off).')
+  check(config.model.num_channels == spec.image_shape[-1],
+        f'model.num_channels = {config.model.num_channels} but '
+        f'{config.dataset} images have {spec.image_shape[-1]} channel(s) '
+        f'(shape {spec.image_shape}).')
+  check(config.model.num_classes in (0, spec.num_classes),
+        f'model.num_classes = {config.model.num_classes} but {config.dataset} '
+        f'has {spec.num_classes or "no"} labels; use 0 (unconditional)'
+        + (f' or {spec.num_classes}.' if spec.num_classes else '.'))
+  models.create_model(config.model)  # checks the architecture's values
+  return spec
+
+
+# ----------------------------------------------------------------- optimizer
+
+
+OPTIMIZERS = {
+    # The paper trains with RMSProp.
+    'rmsprop': lambda lr, c: optax.rmsprop(lr, decay=c.rmsprop_decay,
+                                           eps=c.rmsprop_eps),
+    'adam': lambda lr, c: optax.adam(lr),
+}
+
+
+def create_optimizer(config) -> tuple[optax.GradientTransformation,
+                                      optax.Schedule]:
+  """The optimizer with its learning-rate schedule and gradient clipping."""
+  if config.lr_schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps,
+        max(config.num_train_steps, config.warmup_steps + 1))
+  else:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate,
+                               config.warmup_steps),
+         optax.constant_schedule(config.learning_rate)],
+        [config.warmup_steps])
+  chain = []
+  if config.grad_clip_norm:
+    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  chain.append(OPTIMIZERS[config.optimizer](schedule, config))
+  return optax.chain(*chain), schedule
+
+
+# ------------------------------------------------------------------- steps
+
+
+def _model_kwargs(model, batch) -> dict[str, Any]:
+  return {'labels': batch['label']} if model.num_classes else {}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx,
+               schedule, ema_decay: float) -> tuple[TrainState, dict]:
+  """One update on the mean bits/dim of the (global) batch."""
+  images = batch['image']
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, images,
+                         **_model_kwargs(model, batch))
+    return likelihood.bits_per_dim(logits, images).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
+  metrics = {'bits_per_dim': loss, 'grad_norm': optax.tree.norm(grads),
+             'learning_rate': schedule(state.step)}
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state, ema_params=ema), metrics
+
+
+def eval_step(params, batch: dict[str, jax.Array], *, model) -> dict:
+  """Sum of nats and number of real (unmasked) images in the batch."""
+  images = batch['image']
+  logits = model.apply({'params': params}, images,
+                       **_model_kwargs(model, batch))
+  nats = -likelihood.log_prob(logits, images)
+  mask = batch['mask']
+  return {'nats': jnp.where(mask, nats, 0.0).sum(),
+          'count': mask.sum().astype(jnp.int32)}
+
+
+# ----------------------------------------------------------------- sharding
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return jax.sharding.Mesh(devices.reshape(-1), ('data',))
+
+
+def param_sharding(mesh, x, shard_params: bool, min_size: int = 2**18):
+  """Replicated, or split on the largest axis the mesh divides (FSDP-style)."""
+  n = mesh.shape['data']
+  if shard_params and n > 1 and x.size >= min_size:
+    for axis in np.argsort(x.shape)[::-1]:
+      if x.shape[axis] % n == 0:
+        spec = [None] * x.ndim
+        spec[axis] = 'data'
+        return jax.sharding.NamedSharding(mesh, P(*spec))
+  return jax.sharding.NamedSharding(mesh, P())
+
+
+class Trainer:
+  """Model, optimizer, mesh and the jitted steps for one config."""
+
+  def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
+    self.config = config
+    self.spec = validate_config(
+        config, num_devices=mesh.size if mesh is not None else None)
+    self.mesh = mesh if mesh is not None else make_mesh()
+    self.model = models.create_model(config.model)
+    self.tx, self.schedule = create_optimizer(config)
+    self.batch_sharding = jax.sharding.NamedSharding(self.mesh, P('data'))
+    replicated = jax.sharding.NamedSharding(self.mesh, P())
+
+    abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+    self.state_sharding = jax.tree_util.tree_map(
+        lambda x: param_sharding(self.mesh, x, config.shard_params), abstract)
+    self.state_sharding = self.state_sharding.replace(
+        step=replicated, rng=replicated)
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract, self.state_sharding)
+
+    self.init = jax.jit(self._init, out_shardings=self.state_sharding)
+    self.train_step = jax.jit(
+        functools.partial(train_step, model=self.model, tx=self.tx,
+                          schedule=self.schedule,
+                          ema_decay=config.ema_decay),
+        in_shardings=(self.state_sharding, self.batch_sharding),
+        out_shardings=(self.state_sharding, replicated),
+        donate_argnums=0)
+    self.eval_step = jax.jit(
+        functools.partial(eval_step, model=self.model),
+        in_shardings=(self.state_sharding.params, self.batch_sharding),
+        out_shardings=replicated)
+
+  def _init(self, rng) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    H, W, C = self.spec.image_shape
+    batch = {'image': jnp.zeros((1, H, W, C), jnp.int32),
+             'label': jnp.zeros((1,), jnp.int32)}
+    params = self.model.init(init_rng, batch['image'],
+                             **_model_kwargs(self.model, batch))['params']
+    ema = params if self.config.ema_decay else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), ema_params=ema,
+                      rng=state_rng)
+
+  def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """The global batch from this process's part (see input_pipeline)."""
+    expected = self.spec.image_shape
+    if local['image'].shape[1:] != expected:
+      raise ValueError(
+          f'{self.config.dataset} images have shape {local["image"].shape[1:]}'
+          f', expected {expected}; the prepared data does not match the spec.')
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in local.items()}
+
+  def eval_params(self, state: TrainState):
+    return state.ema_params if state.ema_params is not None else state.params
+
+  def evaluate(self, params, source, split_size: int,
+               batch_size: int) -> dict[str, float]:
+    """Exact bits/dim of a whole split: total nats / (N * H * W * C * ln 2).
+
+    ``source`` is this process's part of a split of ``split_size`` examples;
+    every process runs the same number of steps, padding with masked images.
+    """
+    local = batch_size // jax.process_count()
+    num_batches = input_pipeline.num_eval_batches(split_size, local)
+    nats, count = 0.0, 0
+    with_labels = bool(self.model.num_classes)
+    for batch in input_pipeline.eval_batches(source, local, num_batches,
+                                             with_labels):
+      out = jax.device_get(self.eval_step(params, self.global_batch(batch)))
+      nats += float(out['nats'])
+      count += int(out['count'])
+    dims = math.prod(self.spec.image_shape)
+    if count != split_size:
+      raise RuntimeError(f'evaluated {count} examples of a split of '
+                         f'{split_size}.')
+    return {'bits_per_dim': nats / (count * dims * math.log(2)),
+            'num_examples': count}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _flat_hparams(config) -> dict[str, Any]:
+  out = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      name = f'{prefix}{key}'
+      if isinstance(value, dict):
+        walk(name + '.', value)
+      else:
+        out[name] = value if isinstance(value, (int, float, str, bool)) \
+            else str(value)
+  walk('', config.to_dict())
+  return out
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after every step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, no flag
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       extra_hooks: Iterable[Callable[[int], None]] = ()
+                       ) -> dict[str, float]:
+  """Trains ``config`` in ``workdir``, resuming from its newest checkpoint.
+
+  Args:
+    config: the experiment config (see configs/default.py).
+    workdir: checkpoints go to WORKDIR/checkpoints, TensorBoard events to
+      WORKDIR, the final eval metrics to WORKDIR/eval_results.json.
+    extra_hooks: callables run with the step number after every step.
+
+  Returns:
+    The final eval metrics.
+  """
+  trainer = Trainer(config)
+  builder = input_pipeline.get_builder(config)
+  spec = trainer.spec
+  with_labels = bool(config.model.num_classes)
+  train_source = input_pipeline.open_split(builder, spec.train_split)
+  eval_source = input_pipeline.open_split(builder, spec.eval_split)
+  eval_size = builder.info.splits[spec.eval_split].num_examples
+
+  manager = checkpointing.create_manager(workdir, config.max_to_keep)
+  restored = checkpointing.restore_latest(manager, workdir,
+                                          trainer.abstract_state)
+  if restored is None:
+    state = trainer.init(jax.random.PRNGKey(config.seed))
+    logging.info('Starting from scratch in %s.', workdir)
+  else:
+    state, meta = restored
+    logging.info('Resumed from step %d in %s.', int(state.step), workdir)
+    _check_meta(meta, config)
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+    parameter_overview.log_parameter_overview(state.params)
+  num_steps = config.num_train_steps
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                           writer=writer)
+  hooks = [report, *extra_hooks]
+  if config.num_profile_steps and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(
+        logdir=workdir, num_profile_steps=config.num_profile_steps,
+        first_profile=start_step + 10))
+
+  batches = input_pipeline.TrainBatches(
+      train_source, config.batch_size // jax.process_count(), config.seed,
+      with_labels).iterate(start_step)
+  sync_every = min(config.log_every_steps, MAX_STEPS_WITHOUT_SYNC)
+  pending, window = [], []
+  eval_metrics = {}
+
+  def checkpoint(step):
+    checkpointing.save(manager, step, state, {
+        'step': step, 'examples_seen': step * config.batch_size,
+        'seed': config.seed, 'batch_size': config.batch_size,
+        'dataset': config.dataset})
+
+  def run_eval(step):
+    nonlocal eval_metrics
+    with report.timed('eval'):
+      eval_metrics = trainer.evaluate(trainer.eval_params(state), eval_source,
+                                      eval_size, config.eval_batch_size)
+    writer.write_scalars(step, {'eval/bits_per_dim':
+                                eval_metrics['bits_per_dim']})
+    writer.flush()
+
+  step = start_step
+  with _Preemption() as preemption:
+    try:
+      while step < num_steps:
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, metrics = trainer.train_step(
+              state, trainer.global_batch(next(batches)))
+        pending.append(metrics)
+        step += 1
+        for hook in hooks:
+          hook(step)
+        stop = preemption.requested or manager.reached_preemption(step)
+        is_last = step == num_steps
+        is_eval = step % config.eval_every_steps == 0 or is_last
+        is_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
+        if step % sync_every == 0 or is_eval or is_ckpt:
+          window += _fetch_and_check(pending, step, manager)
+          pending = []
+        if window and (step % config.log_every_steps == 0 or is_last or stop):
+          writer.write_scalars(step, {
+              f'train/{k}': float(np.mean([m[k] for m in window]))
+              for k in window[0]})
+          window = []
+        if is_eval and not stop:
+          run_eval(step)
+        if is_ckpt:
+          checkpoint(step)
+        if stop:
+          logging.warning('Stopped at step %d on request; rerun the same '
+                          'command to resume.', step)
+          break
+      if num_steps == start_step and not eval_metrics:
+        run_eval(step)  # nothing to train: report the checkpoint's quality
+    finally:
+      manager.wait_until_finished()
+      writer.flush()
+  manager.close()
+  if eval_metrics:
+    write_eval_results(workdir, step, eval_metrics, config)
+  return eval_metrics
+
+
+def _fetch_and_check(pending, step, manager) -> list[dict[str, float]]:
+  """Host copies of the pending metrics; raises on a non-finite loss."""
+  host = jax.device_get(pending)
+  first = step - len(host) + 1
+  for i, m in enumerate(host):
+    if not np.isfinite(m['bits_per_dim']):
+      last = manager.latest_step()
+      where = (f'the last good checkpoint is step {last} in '
+               f'{manager.directory}' if last is not None
+               else 'no checkpoint was written yet')
+      raise NonFiniteLossError(
+          f'loss is {m["bits_per_dim"]} at step {first + i}; stopped before '
+          f'saving it ({where}). Lower learning_rate or set grad_clip_norm, '
+          f'then rerun to resume from that checkpoint.')
+  return [{k: float(v) for k, v in m.items()} for m in host]
+
+
+def _check_meta(meta: dict[str, Any], config) -> None:
+  for key in ('seed', 'batch_size', 'dataset'):
+    if key in meta and meta[key] != config[key]:
+      logging.warning(
+          'The checkpoint was written with %s=%r, the config now says %r: '
+          'the data order will differ from an uninterrupted run.', key,
+          meta[key], config[key])
+
+
+def write_eval_results(workdir: str, step: int, metrics: dict[str, float],
+                       config) -> None:
+  if jax.process_index() != 0:
+    return
+  results = {'step': step, 'dataset': config.dataset,
+             'split': input_pipeline.get_spec(config.dataset).eval_split,
+             **{f'eval/{k}': v for k, v in metrics.items()}}
+  path = os.path.join(workdir, 'eval_results.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(results, f, indent=2)
+  os.replace(path + '.tmp', path)
+  logging.info('Eval results: %s (written to %s)', results, path)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict,
+                        workdir: str) -> dict[str, float]:
+  """--mode=eval: exact test bits/dim of the newest checkpoint in workdir."""
+  trainer = Trainer(config)
+  builder = input_pipeline.get_builder(config)
+  manager = checkpointing.create_manager(workdir, config.max_to_keep)
+  restored = checkpointing.restore_latest(manager, workdir,
+                                          trainer.abstract_state)
+  manager.close()
+  if restored is None:
+    raise checkpointing.CheckpointError(
+        f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}; train '
+        f'first (--mode=train) or point --workdir at a trained run.')
+  state, _ = restored
+  step = int(state.step)
+  split = trainer.spec.eval_split
+  source = input_pipeline.open_split(builder, split)
+  metrics = trainer.evaluate(trainer.eval_params(state), source,
+                             builder.info.splits[split].num_examples,
+                             config.eval_batch_size)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  writer.write_scalars(step, {'eval/bits_per_dim': metrics['bits_per_dim']})
+  writer.flush()
+  write_eval_results(workdir, step, metrics, config)
+  return metrics

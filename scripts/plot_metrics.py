@@ -1,0 +1,62 @@
+"""Plots train/eval bits/dim from a workdir's TensorBoard events to a PNG.
+
+  python scripts/plot_metrics.py WORKDIR OUT.png [--title TITLE]
+
+Needs matplotlib (`pip install -e ".[plot]"`).
+"""
+
+import argparse
+import collections
+import glob
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import matplotlib  # pylint: disable=g-import-not-at-top
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+
+def read_scalars(workdir):
+  """{tag: [(step, wall_time, value)]} from every event file in workdir."""
+  series = collections.defaultdict(dict)
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        number = (tf.make_ndarray(value.tensor).item()
+                  if value.HasField('tensor') else value.simple_value)
+        series[value.tag][event.step] = (event.wall_time, float(number))
+  return {tag: sorted((s, t, v) for s, (t, v) in points.items())
+          for tag, points in series.items()}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('workdir')
+  parser.add_argument('out')
+  parser.add_argument('--title', default='')
+  args = parser.parse_args()
+  scalars = read_scalars(args.workdir)
+  fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+  for tag, style in (('train/bits_per_dim', dict(lw=1, alpha=0.7)),
+                     ('eval/bits_per_dim', dict(marker='o', lw=2))):
+    if tag in scalars:
+      steps, _, values = zip(*scalars[tag])
+      ax.plot(steps, values, label=tag, **style)
+  if 'eval/bits_per_dim' in scalars:
+    step, _, value = scalars['eval/bits_per_dim'][-1]
+    ax.annotate(f'{value:.3f}', (step, value), textcoords='offset points',
+                xytext=(-10, 8), ha='right')
+  ax.set_xlabel('training step')
+  ax.set_ylabel('bits/dim')
+  ax.set_title(args.title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(args.out)
+  print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,139 @@
+"""Offline TFDS builders and the deterministic input pipeline."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from gated_pixelcnn import datasets
+from gated_pixelcnn import input_pipeline
+from tests import fake_data
+
+
+def test_offline_fashion_mnist_has_stock_splits_and_features(tmp_path):
+  if not os.path.isdir(datasets.DEBIAN_FASHION_MNIST):
+    pytest.skip('needs Debian package dataset-fashion-mnist (scripts/test.sh '
+                'installs it)')
+  builder = datasets.prepare('fashion_mnist', datasets.DEBIAN_FASHION_MNIST,
+                             str(tmp_path))
+  assert builder.info.splits['train'].num_examples == 60_000
+  assert builder.info.splits['test'].num_examples == 10_000
+  stock = tfds.builder('fashion_mnist', data_dir=str(tmp_path / 'stock'))
+  assert builder.info.features.to_json() == stock.info.features.to_json()
+  assert builder.info.version == stock.info.version
+  # The ordinary TFDS entry points find the prepared data, offline.
+  source = tfds.data_source('fashion_mnist', split='test',
+                            data_dir=str(tmp_path), download=False)
+  example = source[0]
+  assert example['image'].shape == (28, 28, 1)
+  assert example['image'].dtype == np.uint8
+  assert 0 <= example['label'] < 10
+  labels = [source[i]['label'] for i in range(0, 10_000, 97)]
+  assert len(set(labels)) == 10
+
+
+def test_mnist_idx_files_round_trip(fake_mnist_dir, tmp_path):
+  builder = datasets.prepare('mnist', str(fake_mnist_dir), str(tmp_path))
+  source = builder.as_data_source(split='test')
+  assert len(source) == 37
+  images = datasets.read_idx(fake_mnist_dir / 't10k-images-idx3-ubyte.gz', 3)
+  labels = datasets.read_idx(fake_mnist_dir / 't10k-labels-idx1-ubyte.gz', 1)
+  # TFDS stores examples in its own (shuffled) order: compare as multisets.
+  stored = sorted((source[i]['image'][..., 0].tobytes(), source[i]['label'])
+                  for i in range(len(source)))
+  assert stored == sorted((im.tobytes(), lb) for im, lb in zip(images, labels))
+
+
+def test_cifar10_from_local_archive(tmp_path):
+  folder = fake_data.cifar10_archive(tmp_path / 'src', per_batch=3)
+  builder = datasets.prepare('cifar10', str(folder), str(tmp_path / 'tfds'))
+  assert builder.info.splits['train'].num_examples == 15
+  assert builder.info.splits['test'].num_examples == 3
+  example = builder.as_data_source(split='train')[0]
+  assert example['image'].shape == (32, 32, 3)
+
+
+def test_downsampled_imagenet_from_manual_dir(tmp_path):
+  folder = fake_data.downsampled_imagenet_folder(tmp_path / 'src', 32, 5, 2)
+  builder = datasets.prepare('downsampled_imagenet/32x32', str(folder),
+                             str(tmp_path / 'tfds'))
+  assert builder.info.splits['train'].num_examples == 5
+  assert builder.info.splits['validation'].num_examples == 2
+  image = builder.as_data_source(split='validation')[0]['image']
+  assert image.shape == (32, 32, 3)
+
+
+def test_corrupt_idx_file_is_reported_by_path(tmp_path):
+  fake_data.mnist_folder(tmp_path / 'src')
+  bad = tmp_path / 'src' / 'train-images-idx3-ubyte.gz'
+  bad.write_bytes(bad.read_bytes()[:100])
+  with pytest.raises(Exception, match='train-images-idx3-ubyte'):
+    datasets.prepare('mnist', str(tmp_path / 'src'), str(tmp_path / 'tfds'))
+
+
+def test_missing_dataset_names_the_fix(fake_config, tmp_path):
+  fake_config.data_dir = str(tmp_path / 'empty')
+  fake_config.manual_dir = str(tmp_path / 'nowhere')
+  with pytest.raises(datasets.DatasetError, match='apt-get install '
+                     'dataset-fashion-mnist'):
+    input_pipeline.get_builder(fake_config)
+  fake_config.dataset = 'cifar10'
+  with pytest.raises(datasets.DatasetError,
+                     match='prepare_data --dataset=cifar10'):
+    input_pipeline.get_builder(fake_config)
+
+
+def test_unknown_dataset(fake_config):
+  fake_config.dataset = 'imagenet2012'
+  with pytest.raises(ValueError, match="unknown dataset 'imagenet2012'"):
+    input_pipeline.get_builder(fake_config)
+
+
+def _train_source(config):
+  builder = input_pipeline.get_builder(config)
+  return input_pipeline.open_split(builder, 'train')
+
+
+def test_train_batches_are_a_pure_function_of_the_step(fake_config):
+  source = _train_source(fake_config)
+  a = input_pipeline.TrainBatches(source, 8, seed=3, with_labels=True)
+  b = input_pipeline.TrainBatches(source, 8, seed=3, with_labels=True)
+  uninterrupted = [a.batch(s) for s in range(20)]
+  # A "resumed" reader started at step 11 sees the same batches from there.
+  resumed = b.iterate(11)
+  for s in range(11, 20):
+    got = next(resumed)
+    assert np.array_equal(got['image'], uninterrupted[s]['image'])
+    assert np.array_equal(got['label'], uninterrupted[s]['label'])
+  # Each epoch (64 examples = 8 steps) visits every example exactly once.
+  epoch = np.concatenate([a.indices(s) for s in range(8)])
+  assert sorted(epoch) == list(range(64))
+  assert not np.array_equal(epoch, np.concatenate(
+      [a.indices(s) for s in range(8, 16)]))
+  other_seed = input_pipeline.TrainBatches(source, 8, seed=4,
+                                           with_labels=True)
+  assert not np.array_equal(other_seed.indices(0), a.indices(0))
+
+
+def test_process_parts_are_disjoint_and_cover_the_split(fake_config):
+  builder = input_pipeline.get_builder(fake_config)
+  seen = []
+  for index in range(3):
+    split = tfds.split_for_jax_process('test', process_index=index,
+                                       process_count=3)
+    source = builder.as_data_source(split=split)
+    seen += [source[i]['image'].tobytes() for i in range(len(source))]
+  everything = builder.as_data_source(split='test')
+  assert sorted(seen) == sorted(everything[i]['image'].tobytes()
+                                for i in range(len(everything)))
+
+
+def test_eval_batches_pad_and_mask(fake_config):
+  builder = input_pipeline.get_builder(fake_config)
+  source = input_pipeline.open_split(builder, 'test')
+  num = input_pipeline.num_eval_batches(37, 16)
+  batches = list(input_pipeline.eval_batches(source, 16, num, False))
+  assert num == 3 and len(batches) == 3
+  assert [int(b['mask'].sum()) for b in batches] == [16, 16, 5]
+  assert all(b['image'].shape == (16, 28, 28, 1) for b in batches)

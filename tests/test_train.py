@@ -1,0 +1,285 @@
+"""Training end to end: steps, data parallelism, exact resume, exact eval."""
+
+import glob
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gated_pixelcnn import checkpointing
+from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import likelihood
+from gated_pixelcnn import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tags(workdir):
+  tags = set()
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_train_and_evaluate_on_generated_data(fake_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  metrics = train.train_and_evaluate(fake_config, workdir)
+  assert metrics['num_examples'] == 37
+  assert 0 < metrics['bits_per_dim'] < 8.5
+  results = json.loads((tmp_path / 'run' / 'eval_results.json').read_text())
+  assert results['step'] == 4
+  assert results['eval/bits_per_dim'] == pytest.approx(metrics['bits_per_dim'])
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ['2', '4']
+  assert {'train/bits_per_dim', 'train/grad_norm', 'train/learning_rate',
+          'eval/bits_per_dim'} <= _tags(workdir)
+
+
+def test_train_on_offline_fashion_mnist(fake_config, tmp_path):
+  from gated_pixelcnn import datasets  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(datasets.DEBIAN_FASHION_MNIST):
+    pytest.skip('needs Debian package dataset-fashion-mnist')
+  fake_config.manual_dir = None  # the Debian default
+  fake_config.data_dir = str(tmp_path / 'tfds')
+  fake_config.num_train_steps = 2
+  fake_config.eval_batch_size = 1000
+  metrics = train.train_and_evaluate(fake_config, str(tmp_path / 'run'))
+  assert metrics['num_examples'] == 10_000
+  assert 6 < metrics['bits_per_dim'] < 8.5
+
+
+def _fixed_batch(trainer, seed=0, batch_size=8):
+  rng = np.random.default_rng(seed)
+  images = np.clip(np.arange(28)[None, None, :, None] * 8 +
+                   rng.integers(0, 30, (batch_size, 28, 28, 1)), 0, 255)
+  return trainer.global_batch({'image': images.astype(np.uint8)})
+
+
+def test_loss_decreases_on_a_fixed_batch(fake_config):
+  fake_config.learning_rate = 1e-2
+  trainer = train.Trainer(fake_config)
+  state = trainer.init(jax.random.PRNGKey(0))
+  batch = _fixed_batch(trainer)
+  losses = []
+  for _ in range(20):
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics['bits_per_dim']))
+  assert losses[-1] < losses[0] - 0.7, losses
+  assert int(state.step) == 20
+
+
+@pytest.mark.parametrize('shard_params', [False, True])
+def test_eight_devices_match_one(fake_config, shard_params):
+  assert jax.device_count() == 8
+  fake_config.shard_params = shard_params
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    trainer = train.Trainer(fake_config, mesh=train.make_mesh(devices))
+    state = trainer.init(jax.random.PRNGKey(0))
+    state, metrics = trainer.train_step(state, _fixed_batch(trainer))
+    assert trainer.batch_sharding.mesh.size == len(devices)
+    results.append((float(metrics['bits_per_dim']), _leaves(state.params)))
+  (loss1, params1), (loss8, params8) = results
+  assert loss8 == pytest.approx(loss1, rel=1e-5)
+  for a, b in zip(params1, params8):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_shard_params_splits_large_arrays(fake_config):
+  fake_config.shard_params = True
+  mesh = train.make_mesh()
+  big = jax.ShapeDtypeStruct((3, 5, 64, 1024), jnp.float32)
+  small = jax.ShapeDtypeStruct((7,), jnp.float32)
+  P = jax.sharding.PartitionSpec
+  assert train.param_sharding(mesh, big, True).spec == P(None, None, None,
+                                                         'data')
+  assert train.param_sharding(mesh, small, True).spec == P()
+  assert train.param_sharding(mesh, big, False).spec == P()
+
+
+class _Crash(Exception):
+  pass
+
+
+def _crash_at(step_to_crash):
+  def hook(step):
+    if step == step_to_crash:
+      raise _Crash(f'simulated crash after step {step}')
+  return hook
+
+
+def _restore(config, workdir):
+  trainer = train.Trainer(config)
+  manager = checkpointing.create_manager(workdir, config.max_to_keep)
+  state, meta = checkpointing.restore_latest(manager, workdir,
+                                             trainer.abstract_state)
+  manager.close()
+  return state, meta
+
+
+def test_resume_is_bit_identical(fake_config, tmp_path):
+  fake_config.num_train_steps = 6
+  fake_config.checkpoint_every_steps = 3
+  fake_config.eval_every_steps = 100
+  fake_config.lr_schedule = 'cosine'
+  fake_config.warmup_steps = 2
+  fake_config.ema_decay = 0.9
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(fake_config, straight)
+  # Killed during step 5: the last checkpoint is step 3.
+  with pytest.raises(_Crash):
+    train.train_and_evaluate(fake_config, resumed, [_crash_at(5)])
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(resumed))) == ['3']
+  train.train_and_evaluate(fake_config, resumed)
+  a, meta_a = _restore(fake_config, straight)
+  b, meta_b = _restore(fake_config, resumed)
+  assert int(a.step) == int(b.step) == 6
+  assert meta_a == meta_b
+  for x, y in zip(_leaves(a), _leaves(b)):
+    assert x.dtype == y.dtype and np.array_equal(x, y)  # bit-identical
+
+
+def test_eval_equals_independent_per_image_sum(fake_config, tmp_path):
+  fake_config.eval_batch_size = 16  # 37 test images: 16 + 16 + 5 (padded)
+  trainer = train.Trainer(fake_config)
+  state = trainer.init(jax.random.PRNGKey(1))
+  builder = input_pipeline.get_builder(fake_config)
+  source = input_pipeline.open_split(builder, 'test')
+  metrics = trainer.evaluate(state.params, source, 37, 16)
+  assert metrics['num_examples'] == 37
+  total = 0.0
+  for i in range(len(source)):
+    image = jnp.asarray(source[i]['image'][None], jnp.int32)
+    logits = trainer.model.apply({'params': state.params}, image)
+    total -= float(likelihood.log_prob(logits, image)[0])
+  expected = total / (37 * 28 * 28 * np.log(2))
+  assert metrics['bits_per_dim'] == pytest.approx(expected, rel=1e-6)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('num_train_steps', -1, 'num_train_steps = -1 must be >= 0'),
+    ('batch_size', 12, 'divisible by the number of devices'),
+    ('eval_batch_size', 0, 'divisible by the number of devices|> 0'),
+    ('learning_rate', 0.0, 'learning_rate'),
+    ('optimizer', 'sgd', "optimizer 'sgd'"),
+    ('lr_schedule', 'linear', 'lr_schedule'),
+    ('dataset', 'nope', "unknown dataset 'nope'"),
+])
+def test_bad_config_values(fake_config, key, value, message):
+  fake_config[key] = value
+  with pytest.raises(ValueError, match=message):
+    train.Trainer(fake_config)
+
+
+def test_model_incompatible_with_images(fake_config):
+  fake_config.model.num_channels = 3
+  fake_config.model.features = 9
+  fake_config.model.head_features = 9
+  with pytest.raises(ValueError, match='1 channel'):
+    train.Trainer(fake_config)
+  fake_config.model.num_channels = 1
+  fake_config.model.num_classes = 7
+  with pytest.raises(ValueError, match='num_classes = 7'):
+    train.Trainer(fake_config)
+
+
+def _corrupt(checkpoint_step_dir):
+  for path in pathlib.Path(checkpoint_step_dir).rglob('*'):
+    if path.is_file() and 'state' in path.parts:
+      path.write_bytes(b'garbage')
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_warning(
+    fake_config, tmp_path, caplog):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(fake_config, workdir)      # checkpoints 2 and 4
+  _corrupt(checkpointing.checkpoint_dir(workdir) / '4')
+  fake_config.num_train_steps = 6
+  train.train_and_evaluate(fake_config, workdir)
+  assert 'checkpoints/4 is unreadable' in caplog.text
+  moved = os.listdir(tmp_path / 'run' / 'checkpoints_corrupt')
+  assert len(moved) == 1 and moved[0].startswith('4-')
+  state, _ = _restore(fake_config, workdir)
+  assert int(state.step) == 6
+
+
+def test_all_checkpoints_corrupt_is_a_clear_error(fake_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  fake_config.num_train_steps = 2
+  train.train_and_evaluate(fake_config, workdir)
+  _corrupt(checkpointing.checkpoint_dir(workdir) / '2')
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'(?s)checkpoints/2: .*Move these folders'):
+    train.train_and_evaluate(fake_config, workdir)
+  assert os.listdir(checkpointing.checkpoint_dir(workdir)) == ['2']
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    fake_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  fake_config.num_train_steps = 2
+  train.train_and_evaluate(fake_config, workdir)
+  fake_config.num_train_steps = 8
+  fake_config.learning_rate = 1e30
+  with pytest.raises(train.NonFiniteLossError,
+                     match='last good checkpoint is step 2'):
+    train.train_and_evaluate(fake_config, workdir)
+  assert os.listdir(checkpointing.checkpoint_dir(workdir)) == ['2']
+
+
+def test_eval_mode_without_checkpoint(fake_config, tmp_path):
+  with pytest.raises(checkpointing.CheckpointError, match='no checkpoint'):
+    train.evaluate_checkpoint(fake_config, str(tmp_path / 'empty'))
+
+
+def _main(workdir, config, *overrides):
+  return [sys.executable, '-m', 'gated_pixelcnn.main',
+          '--config=configs/test.py', f'--workdir={workdir}',
+          f'--config.manual_dir={config.manual_dir}',
+          f'--config.data_dir={config.data_dir}', *overrides]
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(fake_config, tmp_path):
+  workdir = tmp_path / 'run'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.Popen(
+      _main(workdir, fake_config, '--config.num_train_steps=100000',
+            '--config.checkpoint_every_steps=100000',
+            '--config.eval_every_steps=100000'),
+      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True)
+  deadline = time.time() + 240
+  seen = ''
+  while time.time() < deadline and 'train/bits_per_dim' not in seen:
+    seen += proc.stderr.readline()
+  assert 'train/bits_per_dim' in seen, seen[-3000:]
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=240)
+  assert proc.returncode == 0, err[-3000:]
+  steps = [int(s) for s in os.listdir(checkpointing.checkpoint_dir(workdir))]
+  assert len(steps) == 1 and 0 < steps[0] < 100000
+  assert f'Stopped at step {steps[0]} on request' in err
+  # Rerunning the same command resumes from there.
+  out = subprocess.run(
+      _main(workdir, fake_config, f'--config.num_train_steps={steps[0] + 2}'),
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'Resumed from step {steps[0]}' in out.stderr
+  results = json.loads((workdir / 'eval_results.json').read_text())
+  assert results['step'] == steps[0] + 2
