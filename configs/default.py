@@ -80,5 +80,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.num_samples = 16
   # 'cached' (fast) or 'naive' (full recompute per sub-pixel, the reference).
   config.sample.method = 'cached'
+  # Softmax temperature; 0 takes the most likely value of every sub-pixel.
   config.sample.temperature = 1.0
+  config.sample.seed = 0
+  # Write a grid of num_samples samples to TensorBoard and DIR/samples/ at
+  # every evaluation during training.
+  config.sample.during_training = True
+  # --mode=complete: rows observed (None: the top half) and completions of
+  # each of num_samples test images.
+  config.sample.observed_rows = placeholder(int)
+  config.sample.num_completions = 3
   return config

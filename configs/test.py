@@ -19,4 +19,5 @@ def get_config():
   config.eval_every_steps = 2
   config.checkpoint_every_steps = 2
   config.sample.num_samples = 2
+  config.sample.during_training = False
   return config

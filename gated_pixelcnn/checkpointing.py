@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import pathlib
 import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 
@@ -16,8 +16,9 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint where one was needed; the message says what to do."""
 
 
-def checkpoint_dir(workdir: str) -> pathlib.Path:
-  return pathlib.Path(workdir) / 'checkpoints'
+def checkpoint_dir(workdir: str) -> epath.Path:
+  # epath: local folders and gs:// buckets alike.
+  return epath.Path(workdir) / 'checkpoints'
 
 
 def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
@@ -37,13 +38,14 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
                force=True)
 
 
-def _move_aside(workdir: str, step: int) -> pathlib.Path:
+def _move_aside(workdir: str, step: int) -> epath.Path:
   src = checkpoint_dir(workdir) / str(step)
-  dst_root = pathlib.Path(workdir) / 'checkpoints_corrupt'
+  dst_root = epath.Path(workdir) / 'checkpoints_corrupt'
   dst = dst_root / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
   if jax.process_index() == 0:
     dst_root.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
+    src.rename(dst)
+  multihost_utils.sync_global_devices(f'checkpoint {step} moved aside')
   return dst
 
 

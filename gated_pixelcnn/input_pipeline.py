@@ -20,6 +20,7 @@ from typing import Iterator
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -91,7 +92,11 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
     return builder
   manual_dir = config.get('manual_dir') or spec.default_manual_dir
   if manual_dir and os.path.isdir(manual_dir):
-    return datasets.prepare(config.dataset, manual_dir, data_dir)
+    # One process writes the (shared) data_dir; the others wait for it.
+    if jax.process_index() == 0:
+      datasets.prepare(config.dataset, manual_dir, data_dir)
+    multihost_utils.sync_global_devices(f'prepared {config.dataset}')
+    return datasets.local_builder(config.dataset, data_dir)
   raise datasets.DatasetError(
       f'dataset {config.dataset!r} is not prepared in {builder.data_dir} and '
       f'no local files were found (manual_dir={manual_dir!r}). Fix: '
@@ -169,19 +174,18 @@ def num_eval_batches(num_examples: int, local_batch_size: int) -> int:
 
 
 def eval_batches(source, local_batch_size: int, num_batches: int,
-                 with_labels: bool) -> Iterator[Batch]:
+                 with_labels: bool, image_shape: tuple[int, int, int]
+                 ) -> Iterator[Batch]:
   """The whole part in order, the last batches padded; 'mask' marks real ones."""
   n = len(source)
   for k in range(num_batches):
     idx = np.arange(k * local_batch_size, (k + 1) * local_batch_size)
     mask = idx < n
-    examples = source.__getitems__(np.minimum(idx, max(n - 1, 0)).tolist()
-                                   ) if n else []
-    if examples:
-      batch = _to_batch(examples, with_labels)
+    if n:
+      batch = _to_batch(source.__getitems__(np.minimum(idx, n - 1).tolist()),
+                        with_labels)
     else:  # a process whose part is empty still joins every step
-      spec_shape = source.dataset_info.features['image'].shape
-      batch = {'image': np.zeros((local_batch_size, *spec_shape), np.uint8)}
+      batch = {'image': np.zeros((local_batch_size, *image_shape), np.uint8)}
       if with_labels:
         batch['label'] = np.zeros((local_batch_size,), np.int32)
     batch['mask'] = mask

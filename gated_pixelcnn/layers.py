@@ -68,13 +68,31 @@ def kernel_mask(kernel_size: tuple[int, int], current: tuple[int, int],
   return mask
 
 
+def apply_mask(kernel_KhxKwxIxO: Array, mask_type: str | None,
+               num_colors: int = 1, current: tuple[int, int] | None = None,
+               in_halves: int = 1, out_halves: int = 1) -> Array:
+  """The kernel with its causal/colour mask applied (see `kernel_mask`).
+
+  ``current`` defaults to the bottom-right tap. The mask is a numpy constant,
+  so under jit it folds into the kernel.
+  """
+  if mask_type is None:
+    return kernel_KhxKwxIxO
+  kh, kw, num_in, num_out = kernel_KhxKwxIxO.shape
+  current = current if current is not None else (kh - 1, kw - 1)
+  mask = kernel_mask((kh, kw), current,
+                     channel_groups(num_in, num_colors, in_halves),
+                     channel_groups(num_out, num_colors, out_halves),
+                     mask_type)
+  return kernel_KhxKwxIxO * mask
+
+
 class MaskedConv(nn.Module):
   """2D convolution with explicit padding and an optional causal/colour mask.
 
   ``mask_type=None`` gives a plain convolution. Otherwise the tap ``current``
   of the kernel is the current pixel (see `kernel_mask`), ``in_halves`` and
   ``out_halves`` describe the group layout of the inputs and outputs.
-  The mask is a compile-time constant folded into the kernel.
   """
   features: int
   kernel_size: tuple[int, int] = (1, 1)
@@ -90,18 +108,11 @@ class MaskedConv(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxI: Array) -> Array:
     kh, kw = self.kernel_size
-    num_in = x_BxHxWxI.shape[-1]
     kernel = self.param(
         'kernel', nn.initializers.lecun_normal(),
-        (kh, kw, num_in, self.features), jnp.float32)
-    if self.mask_type is not None:
-      current = self.current if self.current is not None else (kh - 1, kw - 1)
-      mask = kernel_mask(
-          self.kernel_size, current,
-          channel_groups(num_in, self.num_colors, self.in_halves),
-          channel_groups(self.features, self.num_colors, self.out_halves),
-          self.mask_type)
-      kernel = kernel * mask
+        (kh, kw, x_BxHxWxI.shape[-1], self.features), jnp.float32)
+    kernel = apply_mask(kernel, self.mask_type, self.num_colors, self.current,
+                        self.in_halves, self.out_halves)
     x = x_BxHxWxI.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     if self.kernel_size == (1, 1) and self.padding == ((0, 0), (0, 0)):

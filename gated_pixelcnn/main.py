@@ -2,7 +2,7 @@
 
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR \\
-      --mode=eval
+      --mode=eval   # or sample, complete
   # any config value: --config.batch_size=64 --config.model.num_layers=12
 """
 
@@ -15,10 +15,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from gated_pixelcnn import inference
 from gated_pixelcnn import train
 
 FLAGS = flags.FLAGS
@@ -26,14 +28,17 @@ config_flags.DEFINE_config_file(
     'config', None, 'Training configuration (a configs/*.py file).',
     lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'complete'],
                   'train: train and evaluate, resuming from the newest '
                   'checkpoint; eval: bits/dim of the newest checkpoint on the '
-                  'test split.')
+                  'test split; sample: a grid of samples (sample.*); '
+                  'complete: test images with their lower half resampled.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 MODES = {'train': train.train_and_evaluate,
-         'eval': train.evaluate_checkpoint}
+         'eval': inference.evaluate_checkpoint,
+         'sample': inference.sample_checkpoint,
+         'complete': inference.complete_checkpoint}
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -51,7 +56,7 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  epath.Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)
   MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
 
 

@@ -71,6 +71,30 @@ def check_labels(labels: Array | None, num_classes: int, batch: int) -> None:
                        f'[{lo}, {hi}].')
 
 
+def check_conditioning(image_shape, num_classes: int, labels, cond_vector,
+                       cond_maps) -> None:
+  """Raises a ValueError unless the conditioning inputs fit the images."""
+  B, H, W, _ = image_shape
+  check_labels(labels, num_classes, B)
+  if cond_maps is not None and tuple(cond_maps.shape[:3]) != (B, H, W):
+    raise ValueError(f'cond_maps must have shape ({B}, {H}, {W}, S) to match '
+                     f'the images, got {cond_maps.shape}.')
+  if cond_vector is not None and (cond_vector.ndim != 2 or
+                                  cond_vector.shape[0] != B):
+    raise ValueError(f'cond_vector must have shape ({B}, D), got '
+                     f'{cond_vector.shape}.')
+
+
+def global_condition(labels, num_classes: int, cond_vector) -> Array | None:
+  """The global vector h: one-hot labels, then cond_vector, or None."""
+  if labels is None:
+    return cond_vector
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if cond_vector is None:
+    return one_hot
+  return jnp.concatenate([one_hot, cond_vector.astype(jnp.float32)], axis=-1)
+
+
 def _check_odd(name: str, value: int) -> None:
   if value < 1 or value % 2 == 0:
     raise ValueError(f'{name} must be a positive odd number (the current pixel '
@@ -101,7 +125,8 @@ def _check_common(module) -> None:
                      f'{module.dtype!r}.')
 
 
-def _scale(images: Array) -> Array:
+def scale_images(images: Array) -> Array:
+  """Integer sub-pixels 0..255 to the network's float input in [-1, 1]."""
   return images.astype(jnp.float32) / 127.5 - 1.0
 
 
@@ -152,23 +177,12 @@ class GatedPixelCNN(nn.Module):
       cond_maps: optional float [B, H, W, S], spatial conditioning maps s.
     """
     check_images(images, self.num_channels)
-    B, H, W, _ = images.shape
-    check_labels(labels, self.num_classes, B)
-    if cond_maps is not None and cond_maps.shape[:3] != (B, H, W):
-      raise ValueError(f'cond_maps must have shape ({B}, {H}, {W}, S) to match '
-                       f'the images, got {cond_maps.shape}.')
-    if cond_vector is not None and (cond_vector.ndim != 2 or
-                                    cond_vector.shape[0] != B):
-      raise ValueError(f'cond_vector must have shape ({B}, D), got '
-                       f'{cond_vector.shape}.')
-    h_BxD = cond_vector
-    if labels is not None:
-      one_hot = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
-      h_BxD = one_hot if h_BxD is None else jnp.concatenate(
-          [one_hot, h_BxD.astype(jnp.float32)], axis=-1)
+    check_conditioning(images.shape, self.num_classes, labels, cond_vector,
+                       cond_maps)
+    h_BxD = global_condition(labels, self.num_classes, cond_vector)
 
     dtype = jnp.dtype(self.dtype)
-    v = h = _scale(images)
+    v = h = scale_images(images)
     skips = []
     for i in range(self.num_layers):
       v, h, skip = layers.GatedBlock(
@@ -216,7 +230,7 @@ class PixelCNN(nn.Module):
           dtype=dtype, name=name)
 
     x = centred(self.features, self.first_kernel_size, 'A', 'input_conv')(
-        _scale(images))
+        scale_images(images))
     for i in range(self.num_layers):
       y = nn.relu(x)
       y = centred(self.features // 2, 1, 'B', f'block_{i}_in')(y)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import signal
 from typing import Any, Callable, Iterable
 
@@ -20,14 +19,17 @@ from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
 
 from gated_pixelcnn import checkpointing
+from gated_pixelcnn import generate
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
@@ -94,7 +96,15 @@ def validate_config(config: ml_collections.ConfigDict,
         f'model.num_classes = {config.model.num_classes} but {config.dataset} '
         f'has {spec.num_classes or "no"} labels; use 0 (unconditional)'
         + (f' or {spec.num_classes}.' if spec.num_classes else '.'))
-  models.create_model(config.model)  # checks the architecture's values
+  model = models.create_model(config.model)  # checks the architecture
+  sample = config.sample
+  check(sample.num_samples > 0, 'sample.num_samples must be > 0.')
+  check(sample.method in ('naive', 'cached'),
+        f"sample.method {sample.method!r} is not 'naive' or 'cached'.")
+  check(sample.method == 'naive' or isinstance(model, models.GatedPixelCNN),
+        f"sample.method='cached' needs model.name='gated_pixelcnn'; use "
+        f"sample.method='naive' for {config.model.name!r}.")
+  check(sample.temperature >= 0, 'sample.temperature must be >= 0.')
   return spec
 
 
@@ -261,7 +271,8 @@ class Trainer:
     nats, count = 0.0, 0
     with_labels = bool(self.model.num_classes)
     for batch in input_pipeline.eval_batches(source, local, num_batches,
-                                             with_labels):
+                                             with_labels,
+                                             self.spec.image_shape):
       out = jax.device_get(self.eval_step(params, self.global_batch(batch)))
       nats += float(out['nats'])
       count += int(out['count'])
@@ -384,6 +395,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_scalars(step, {'eval/bits_per_dim':
                                 eval_metrics['bits_per_dim']})
     writer.flush()
+    if config.sample.during_training:
+      with report.timed('sample'):
+        grid = generate.sample_grid(
+            trainer.model, generate.host_params(trainer.eval_params(state)),
+            jax.random.fold_in(state.rng, step), spec.image_shape,
+            config.sample)
+        generate.write_grid(writer, workdir, step, 'samples', grid)
 
   step = start_step
   with _Preemption() as preemption:
@@ -396,14 +414,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         step += 1
         for hook in hooks:
           hook(step)
-        stop = preemption.requested or manager.reached_preemption(step)
         is_last = step == num_steps
+        is_log = step % config.log_every_steps == 0 or is_last
         is_eval = step % config.eval_every_steps == 0 or is_last
+        is_sync = step % sync_every == 0 or is_log or is_eval
+        # SIGTERM may reach the hosts at different steps: with several
+        # processes they act on it together, at the first sync point where
+        # any of them has it.
+        if jax.process_count() == 1:
+          requested = preemption.requested
+        else:
+          requested = is_sync and _any_process(preemption.requested)
+        stop = requested or manager.reached_preemption(step)
         is_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
-        if step % sync_every == 0 or is_eval or is_ckpt:
+        if is_sync or is_ckpt:
           window += _fetch_and_check(pending, step, manager)
           pending = []
-        if window and (step % config.log_every_steps == 0 or is_last or stop):
+        if window and (is_log or stop):
           writer.write_scalars(step, {
               f'train/{k}': float(np.mean([m[k] for m in window]))
               for k in window[0]})
@@ -425,6 +452,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if eval_metrics:
     write_eval_results(workdir, step, eval_metrics, config)
   return eval_metrics
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def _fetch_and_check(pending, step, manager) -> list[dict[str, float]]:
@@ -460,36 +493,8 @@ def write_eval_results(workdir: str, step: int, metrics: dict[str, float],
   results = {'step': step, 'dataset': config.dataset,
              'split': input_pipeline.get_spec(config.dataset).eval_split,
              **{f'eval/{k}': v for k, v in metrics.items()}}
-  path = os.path.join(workdir, 'eval_results.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=2)
-  os.replace(path + '.tmp', path)
+  path = epath.Path(workdir) / 'eval_results.json'
+  tmp = path.parent / (path.name + '.tmp')
+  tmp.write_text(json.dumps(results, indent=2))
+  tmp.replace(path)
   logging.info('Eval results: %s (written to %s)', results, path)
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict,
-                        workdir: str) -> dict[str, float]:
-  """--mode=eval: exact test bits/dim of the newest checkpoint in workdir."""
-  trainer = Trainer(config)
-  builder = input_pipeline.get_builder(config)
-  manager = checkpointing.create_manager(workdir, config.max_to_keep)
-  restored = checkpointing.restore_latest(manager, workdir,
-                                          trainer.abstract_state)
-  manager.close()
-  if restored is None:
-    raise checkpointing.CheckpointError(
-        f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}; train '
-        f'first (--mode=train) or point --workdir at a trained run.')
-  state, _ = restored
-  step = int(state.step)
-  split = trainer.spec.eval_split
-  source = input_pipeline.open_split(builder, split)
-  metrics = trainer.evaluate(trainer.eval_params(state), source,
-                             builder.info.splits[split].num_examples,
-                             config.eval_batch_size)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  writer.write_scalars(step, {'eval/bits_per_dim': metrics['bits_per_dim']})
-  writer.flush()
-  write_eval_results(workdir, step, metrics, config)
-  return metrics

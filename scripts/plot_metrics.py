@@ -24,8 +24,13 @@ def read_scalars(workdir):
   for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
-        number = (tf.make_ndarray(value.tensor).item()
-                  if value.HasField('tensor') else value.simple_value)
+        if value.HasField('tensor'):
+          array = tf.make_ndarray(value.tensor)
+          if array.size != 1 or array.dtype.kind not in 'fiu':
+            continue  # images, text, hyperparameters
+          number = array.item()
+        else:
+          number = value.simple_value
         series[value.tag][event.step] = (event.wall_time, float(number))
   return {tag: sorted((s, t, v) for s, (t, v) in points.items())
           for tag, points in series.items()}

@@ -133,7 +133,8 @@ def test_eval_batches_pad_and_mask(fake_config):
   builder = input_pipeline.get_builder(fake_config)
   source = input_pipeline.open_split(builder, 'test')
   num = input_pipeline.num_eval_batches(37, 16)
-  batches = list(input_pipeline.eval_batches(source, 16, num, False))
+  batches = list(input_pipeline.eval_batches(source, 16, num, False,
+                                             (28, 28, 1)))
   assert num == 3 and len(batches) == 3
   assert [int(b['mask'].sum()) for b in batches] == [16, 16, 5]
   assert all(b['image'].shape == (16, 28, 28, 1) for b in batches)

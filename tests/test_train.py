@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from gated_pixelcnn import checkpointing
+from gated_pixelcnn import inference
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import train
@@ -180,11 +181,22 @@ def test_eval_equals_independent_per_image_sum(fake_config, tmp_path):
     ('optimizer', 'sgd', "optimizer 'sgd'"),
     ('lr_schedule', 'linear', 'lr_schedule'),
     ('dataset', 'nope', "unknown dataset 'nope'"),
+    ('sample.method', 'beam', "sample.method 'beam'"),
+    ('sample.temperature', -1.0, 'sample.temperature'),
 ])
 def test_bad_config_values(fake_config, key, value, message):
-  fake_config[key] = value
+  node, _, leaf = key.rpartition('.')
+  (fake_config[node] if node else fake_config)[leaf] = value
   with pytest.raises(ValueError, match=message):
     train.Trainer(fake_config)
+
+
+def test_cached_sampling_needs_the_gated_model(fake_config):
+  fake_config.model.name = 'pixelcnn'
+  with pytest.raises(ValueError, match="sample.method='naive'"):
+    train.Trainer(fake_config)
+  fake_config.sample.method = 'naive'
+  train.Trainer(fake_config)
 
 
 def test_model_incompatible_with_images(fake_config):
@@ -245,7 +257,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
 
 def test_eval_mode_without_checkpoint(fake_config, tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match='no checkpoint'):
-    train.evaluate_checkpoint(fake_config, str(tmp_path / 'empty'))
+    inference.evaluate_checkpoint(fake_config, str(tmp_path / 'empty'))
 
 
 def _main(workdir, config, *overrides):
