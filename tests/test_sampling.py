@@ -256,3 +256,15 @@ def test_conditioning_inputs_must_match_the_variables():
   with pytest.raises(ValueError, match='cond_maps given'):
     sampling.sample(plain, plain_vars, jax.random.PRNGKey(0),
                     cond_maps=cond['cond_maps'], **kw)
+
+
+def test_class_conditional_sample_grid_has_one_row_per_class():
+  from gated_pixelcnn import generate  # pylint: disable=g-import-not-at-top
+  from configs import test as test_config  # pylint: disable=g-import-not-at-top
+  model, variables, _ = _model_and_cond(1, 1, 3, 3, 3, False, 5, 4)
+  sample_config = test_config.get_config().sample
+  sample_config.num_samples = 6
+  grid = generate.sample_grid(model, variables['params'],
+                              jax.random.PRNGKey(0), (5, 4, 1), sample_config)
+  # 3 classes x 2 samples, tiles of 5x4 with 2-pixel padding.
+  assert grid.shape == (3 * 7 + 2, 2 * 6 + 2, 1)
