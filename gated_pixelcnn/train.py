@@ -385,7 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpointing.save(manager, step, state, {
         'step': step, 'examples_seen': step * config.batch_size,
         'seed': config.seed, 'batch_size': config.batch_size,
-        'dataset': config.dataset})
+        'dataset': config.dataset, 'process_count': jax.process_count()})
 
   def run_eval(step):
     nonlocal eval_metrics
@@ -478,12 +478,14 @@ def _fetch_and_check(pending, step, manager) -> list[dict[str, float]]:
 
 
 def _check_meta(meta: dict[str, Any], config) -> None:
-  for key in ('seed', 'batch_size', 'dataset'):
-    if key in meta and meta[key] != config[key]:
+  now = {'seed': config.seed, 'batch_size': config.batch_size,
+         'dataset': config.dataset, 'process_count': jax.process_count()}
+  for key, value in now.items():
+    if key in meta and meta[key] != value:
       logging.warning(
-          'The checkpoint was written with %s=%r, the config now says %r: '
-          'the data order will differ from an uninterrupted run.', key,
-          meta[key], config[key])
+          'The checkpoint was written with %s=%r, this run has %r: the data '
+          'order will differ from an uninterrupted run.', key, meta[key],
+          value)
 
 
 def write_eval_results(workdir: str, step: int, metrics: dict[str, float],

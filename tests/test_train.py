@@ -148,7 +148,7 @@ def test_resume_is_bit_identical(fake_config, tmp_path):
   a, meta_a = _restore(fake_config, straight)
   b, meta_b = _restore(fake_config, resumed)
   assert int(a.step) == int(b.step) == 6
-  assert meta_a == meta_b
+  assert meta_a == meta_b and meta_a['process_count'] == 1
   for x, y in zip(_leaves(a), _leaves(b)):
     assert x.dtype == y.dtype and np.array_equal(x, y)  # bit-identical
 
@@ -229,6 +229,16 @@ def test_corrupt_newest_checkpoint_falls_back_with_warning(
   assert len(moved) == 1 and moved[0].startswith('4-')
   state, _ = _restore(fake_config, workdir)
   assert int(state.step) == 6
+
+
+def test_changed_batch_size_on_resume_warns(fake_config, tmp_path, caplog):
+  workdir = str(tmp_path / 'run')
+  fake_config.num_train_steps = 2
+  train.train_and_evaluate(fake_config, workdir)
+  fake_config.batch_size = 16
+  fake_config.num_train_steps = 3
+  train.train_and_evaluate(fake_config, workdir)
+  assert 'written with batch_size=8, this run has 16' in caplog.text
 
 
 def test_all_checkpoints_corrupt_is_a_clear_error(fake_config, tmp_path):
