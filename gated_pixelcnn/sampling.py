@@ -9,10 +9,11 @@ the temperature is 0) and written to an integer canvas. Two methods:
   PixelCNN. Each layer keeps a cache: the last k//2 + 1 rows of its vertical
   input, the last k//2 + 1 columns of its horizontal input in the current row,
   and the v->h link of the row above. At the start of row i the vertical stack
-  is computed once for row i - 1 (the only new row it can see); for each
-  sub-pixel the horizontal stack and the head are computed at the current
-  pixel only (C times per pixel: the colour masks make each channel step
-  see the channels drawn before it). Zero padding of the full
+  is computed once for row i - 1 (the only new row it can see); at the start
+  of pixel (i, j) the parts of the horizontal stack that its channels cannot
+  change (conv taps to the left, link, bias, conditioning) are summed once;
+  each channel step then computes only what the new sub-pixel changes: the
+  conv's current-pixel tap, the gates, the 1x1s and the head at that pixel. Zero padding of the full
   model is reproduced by zero-initialised caches: nothing (no bias) is
   inserted where the model shifts or pads.
 
@@ -285,21 +286,36 @@ def _cached(model, variables, rng, canvas, num_observed, temperature, greedy,
         v_in = layers.gate(v_pre + w.cond_v[:, None] + spatial(w, 'v', i - 1))
     return cache.replace(vertical=new_v, link=new_link)
 
-  def channel_step(i, j, c, canvas, cache: _Cache):
-    """Horizontal stack at (i, j) only, then draws sub-pixel (i, j, c)."""
+  def left_of_pixel(i, j, canvas, cache: _Cache) -> list[Array]:
+    """Per layer, everything in h_pre that this pixel's channels cannot change.
+
+    That is the horizontal conv's taps left of the current pixel (final once
+    the pixel starts), the bias, the link from the row above and the
+    conditioning: computed once per pixel.
+    """
     r0 = radius[0]
     row = jnp.pad(models.scale_images(canvas[:, i]), ((0, 0), (r0, 0), (0, 0)))
-    window = jax.lax.dynamic_slice_in_dim(row, j, r0 + 1, axis=1)
+    left = jax.lax.dynamic_slice_in_dim(row, j, r0, axis=1)   # [B, r0, C]
+    out = []
+    for l, w in enumerate(weights):
+      if l > 0:
+        left = cache.horizontal[l - 1][:, :-1]
+      h_pre = jnp.einsum('btp,tpo->bo', left.astype(dtype), w.horizontal[:-1])
+      link = jax.lax.dynamic_index_in_dim(cache.link[l], j, 1, keepdims=False)
+      h_pre = h_pre + w.horizontal_bias[None] + link + w.cond_h
+      out.append(h_pre + spatial(w, 'h', i, j))
+    return out
+
+  def channel_step(i, j, c, canvas, cache: _Cache, left: list[Array]):
+    """The horizontal stack at the current pixel only: its last conv tap and
+    the 1x1s; then draws sub-pixel (i, j, c)."""
+    h_cur = models.scale_images(canvas[:, i, j]).astype(dtype)   # [B, C]
     horizontal = list(cache.horizontal)
     skips = 0.0
     for l, w in enumerate(weights):
       if l > 0:
-        window = horizontal[l - 1] = horizontal[l - 1].at[:, -1].set(h_cur)
-      h_pre = jnp.einsum('btp,tpo->bo', window.astype(dtype), w.horizontal)
-      link = jax.lax.dynamic_index_in_dim(cache.link[l], j, 1, keepdims=False)
-      h_pre = h_pre + w.horizontal_bias[None] + link + w.cond_h
-      h_pre = h_pre + spatial(w, 'h', i, j)
-      gated = layers.gate(h_pre)
+        horizontal[l - 1] = horizontal[l - 1].at[:, -1].set(h_cur)
+      gated = layers.gate(left[l] + _mm(h_cur, w.horizontal[-1], dtype))
       skips = skips + _mm(gated, w.skip, dtype) + w.skip_bias[None]
       if l < L - 1:
         h_out = _mm(gated, w.residual, dtype) + w.residual_bias[None]
@@ -320,8 +336,9 @@ def _cached(model, variables, rng, canvas, num_observed, temperature, greedy,
     # this pixel's inputs during its channel steps.
     cache = cache.replace(horizontal=[
         jnp.pad(h[:, 1:], ((0, 0), (0, 1), (0, 0))) for h in cache.horizontal])
+    left = left_of_pixel(i, j, canvas, cache)
     for c in range(C):
-      canvas, cache = channel_step(i, j, c, canvas, cache)
+      canvas, cache = channel_step(i, j, c, canvas, cache, left)
     return canvas, cache
 
   def row(i, carry):

@@ -25,6 +25,7 @@ CASES = [
     (1, 4, 3, 7, 3, True, 6, 4),
     (3, 4, 5, 3, 2, True, 4, 6),
     (3, 1, 7, 7, 0, True, 2, 7),
+    (3, 2, 1, 1, 0, False, 3, 4),    # 1x1 kernels: no taps to the left
 ]
 
 
