@@ -40,11 +40,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
   """--mode=eval: exact test bits/dim of the newest checkpoint in workdir."""
   trainer, state = restore(config, workdir)
   builder = input_pipeline.get_builder(config)
-  split = trainer.spec.eval_split
-  source = input_pipeline.open_split(builder, split)
-  metrics = trainer.evaluate(trainer.eval_params(state), source,
-                             builder.info.splits[split].num_examples,
-                             config.eval_batch_size)
+  metrics = trainer.evaluate_split(trainer.eval_params(state), builder)
   step = int(state.step)
   writer = _writer(workdir)
   writer.write_scalars(step, {'eval/bits_per_dim': metrics['bits_per_dim']})

@@ -259,6 +259,13 @@ class Trainer:
   def eval_params(self, state: TrainState):
     return state.ema_params if state.ema_params is not None else state.params
 
+  def evaluate_split(self, params, builder) -> dict[str, float]:
+    """Exact bits/dim of the dataset's whole eval split."""
+    split = self.spec.eval_split
+    return self.evaluate(params, input_pipeline.open_split(builder, split),
+                         builder.info.splits[split].num_examples,
+                         self.config.eval_batch_size)
+
   def evaluate(self, params, source, split_size: int,
                batch_size: int) -> dict[str, float]:
     """Exact bits/dim of a whole split: total nats / (N * H * W * C * ln 2).
@@ -345,8 +352,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   spec = trainer.spec
   with_labels = bool(config.model.num_classes)
   train_source = input_pipeline.open_split(builder, spec.train_split)
-  eval_source = input_pipeline.open_split(builder, spec.eval_split)
-  eval_size = builder.info.splits[spec.eval_split].num_examples
 
   manager = checkpointing.create_manager(workdir, config.max_to_keep)
   restored = checkpointing.restore_latest(manager, workdir,
@@ -384,14 +389,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def checkpoint(step):
     checkpointing.save(manager, step, state, {
         'step': step, 'examples_seen': step * config.batch_size,
-        'seed': config.seed, 'batch_size': config.batch_size,
-        'dataset': config.dataset, 'process_count': jax.process_count()})
+        **_data_order(config)})
 
   def run_eval(step):
     nonlocal eval_metrics
     with report.timed('eval'):
-      eval_metrics = trainer.evaluate(trainer.eval_params(state), eval_source,
-                                      eval_size, config.eval_batch_size)
+      eval_metrics = trainer.evaluate_split(trainer.eval_params(state),
+                                            builder)
     writer.write_scalars(step, {'eval/bits_per_dim':
                                 eval_metrics['bits_per_dim']})
     writer.flush()
@@ -455,8 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _any_process(flag: bool) -> bool:
-  if jax.process_count() == 1:
-    return flag
+  """True on every process if ``flag`` is set on any (a collective)."""
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
@@ -477,10 +480,14 @@ def _fetch_and_check(pending, step, manager) -> list[dict[str, float]]:
   return [{k: float(v) for k, v in m.items()} for m in host]
 
 
+def _data_order(config) -> dict[str, Any]:
+  """What the order of training batches depends on (besides the step)."""
+  return {'seed': config.seed, 'batch_size': config.batch_size,
+          'dataset': config.dataset, 'process_count': jax.process_count()}
+
+
 def _check_meta(meta: dict[str, Any], config) -> None:
-  now = {'seed': config.seed, 'batch_size': config.batch_size,
-         'dataset': config.dataset, 'process_count': jax.process_count()}
-  for key, value in now.items():
+  for key, value in _data_order(config).items():
     if key in meta and meta[key] != value:
       logging.warning(
           'The checkpoint was written with %s=%r, this run has %r: the data '
