@@ -72,6 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.max_to_keep = 3
   # Split large parameters and their optimizer state over the devices.
   config.shard_params = False
+  # On a CPU-only host: data-parallel over this many virtual CPU devices
+  # (0: one per core, as many as divide the batch sizes; 1: one device).
+  # One device per core trains ~1.35x faster on XLA:CPU (bench/train.py).
+  # Ignored on TPU/GPU, where the accelerators are the devices.
+  config.cpu_devices = 0
   # Steps traced by clu's profiler, 10 steps after (re)start (0: off).
   config.num_profile_steps = 0
   config.seed = 0

@@ -54,6 +54,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietOrbax())
   tf.config.set_visible_devices([], 'GPU')
+  train.configure_cpu_devices(FLAGS.config)  # before JAX's backends start
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   epath.Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import signal
 from typing import Any, Callable, Iterable
 
@@ -79,6 +80,8 @@ def validate_config(config: ml_collections.ConfigDict,
           f'{max(1, config[key] // num_devices) * num_devices}.')
     check(config[key] % jax.process_count() == 0,
           f'{key} must be divisible by the process count.')
+  check(config.cpu_devices >= 0,
+        f'cpu_devices = {config.cpu_devices} must be >= 0 (0: one per core).')
   check(config.learning_rate > 0,
         f'learning_rate = {config.learning_rate} must be > 0.')
   check(config.optimizer in OPTIMIZERS,
@@ -180,6 +183,51 @@ def eval_step(params, batch: dict[str, jax.Array], *, model) -> dict:
 
 
 # ----------------------------------------------------------------- sharding
+
+
+def num_cores() -> int:
+  """CPU cores this process may run on (cgroup/affinity aware where possible)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def cpu_device_count(config, cores: int) -> int:
+  """How many CPU devices a CPU-only host should expose for ``config``.
+
+  ``config.cpu_devices`` > 0 is taken as is. 0 (auto) gives one device per
+  core, or the largest count <= cores that divides both batch sizes. On
+  XLA:CPU a data-parallel mesh of one device per core runs the train step
+  about 1.35x faster than one device using all cores (bench/train.py): the
+  small convolutions, gates and transposes of a 2-core step do not keep two
+  threads busy, two independent half-batch programs do.
+  """
+  if config.cpu_devices:
+    return config.cpu_devices
+  for n in range(max(1, min(cores, config.batch_size)), 0, -1):
+    if config.batch_size % n == 0 and config.eval_batch_size % n == 0:
+      return n
+  return 1
+
+
+def configure_cpu_devices(config) -> None:
+  """Sets ``jax_num_cpu_devices`` from ``config.cpu_devices``.
+
+  Must run before JAX's backends start (main.py calls it first). It only
+  shapes the CPU backend: on a TPU/GPU host the accelerators stay the
+  devices. Left alone when XLA_FLAGS already forces a host device count.
+  """
+  if config.cpu_devices < 0:
+    raise ValueError(f'bad config: cpu_devices = {config.cpu_devices} must be '
+                     '>= 0 (0: one per core).')
+  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+    return
+  count = cpu_device_count(config, num_cores())
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError as e:  # backends already started
+    logging.warning('cpu_devices = %d not applied: %s', count, e)
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:

@@ -183,12 +183,33 @@ def test_eval_equals_independent_per_image_sum(fake_config, tmp_path):
     ('dataset', 'nope', "unknown dataset 'nope'"),
     ('sample.method', 'beam', "sample.method 'beam'"),
     ('sample.temperature', -1.0, 'sample.temperature'),
+    ('cpu_devices', -1, 'cpu_devices = -1 must be >= 0'),
 ])
 def test_bad_config_values(fake_config, key, value, message):
   node, _, leaf = key.rpartition('.')
   (fake_config[node] if node else fake_config)[leaf] = value
   with pytest.raises(ValueError, match=message):
     train.Trainer(fake_config)
+
+
+@pytest.mark.parametrize('cores,cpu_devices,expected', [
+    (2, 0, 2), (1, 0, 1), (3, 0, 2), (6, 0, 4), (64, 0, 8), (2, 5, 5),
+])
+def test_cpu_device_count(fake_config, cores, cpu_devices, expected):
+  # fake_config: batch_size 8, eval_batch_size 256.
+  fake_config.cpu_devices = cpu_devices
+  assert train.cpu_device_count(fake_config, cores) == expected
+
+
+def test_cpu_devices_after_backend_start_is_a_warning_not_a_crash(
+    fake_config):
+  jax.devices()  # backends are up
+  fake_config.cpu_devices = 3
+  train.configure_cpu_devices(fake_config)
+  assert jax.device_count() == 8
+  fake_config.cpu_devices = -2
+  with pytest.raises(ValueError, match='cpu_devices = -2'):
+    train.configure_cpu_devices(fake_config)
 
 
 def test_cached_sampling_needs_the_gated_model(fake_config):
@@ -303,5 +324,9 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(fake_config, tmp_path):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f'Resumed from step {steps[0]}' in out.stderr
+  # main.py trains data-parallel over one CPU device per core.
+  devices = train.cpu_device_count(fake_config, train.num_cores())
+  assert f'CpuDevice(id={devices - 1})' in out.stderr
+  assert f'CpuDevice(id={devices})' not in out.stderr
   results = json.loads((workdir / 'eval_results.json').read_text())
   assert results['step'] == steps[0] + 2

@@ -1,0 +1,327 @@
+"""Throughput, FLOP/s, memory and compile time of the jitted train step.
+
+  python bench/train.py                    # the three models below, JAX only
+  python bench/train.py --compare-torch    # + the PyTorch reference, ratio
+  python bench/train.py --scaling          # default model at 16, 32, 64 px
+  python bench/train.py --models=default --steps=30 --dtype=bfloat16
+
+Models (configs/default.py's architecture unless said): ``default`` (8 layers,
+p = 48, 28x28x1), ``wide`` (the same at p = 128), ``rgb32`` (the same at
+32x32x3). Every measurement runs in a fresh subprocess so that its peak
+resident memory (RSS) is its own. The step is the real `train.train_step`
+(RMSProp, the default optimizer settings) on one fixed random batch, jitted
+with its state donated; timing starts after compilation and --warmup steps,
+covers --windows windows of --steps steps each (blocking once per window,
+as training does) and reports the median window. FLOPs are analytic (the
+cost model of PAPER.md, `gated_pixelcnn.cost`); "% of matmul" divides the
+achieved FLOP/s by this machine's float32 matmul rate measured in the same
+run (a 2048^2 XLA matmul, best of 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # torch: CPU
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'bench'))
+
+MODELS = {
+    'default': dict(features=48, image_shape=(28, 28, 1)),
+    'wide': dict(features=128, image_shape=(28, 28, 1)),
+    'rgb32': dict(features=48, image_shape=(32, 32, 3)),
+}
+SCALING_SIZES = (16, 32, 64)
+
+
+def model_config(features, num_channels, dtype='float32'):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_model_config()
+  config.features = features
+  config.num_channels = num_channels
+  config.head_features -= config.head_features % num_channels
+  config.dtype = dtype
+  return config
+
+
+def _images(batch, image_shape):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return np.random.RandomState(0).randint(
+      0, 256, (batch, *image_shape)).astype(np.uint8)
+
+
+def _peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed_windows(run_steps, warmup, steps, windows) -> float:
+  """Median seconds per step over `windows` windows of `steps` steps."""
+  run_steps(warmup)
+  per_step = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    run_steps(steps)
+    per_step.append((time.perf_counter() - start) / steps)
+  return statistics.median(per_step)
+
+
+def measure_jax(args, features, image_shape) -> dict:
+  """One JAX measurement (run in its own process)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config()
+  config.batch_size = args.batch
+  config.cpu_devices = args.cpu_devices
+  devices = train.cpu_device_count(config, train.num_cores())
+  jax.config.update('jax_num_cpu_devices', devices)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import cost, models  # pylint: disable=g-import-not-at-top
+
+  config.model = model_config(features, image_shape[-1], args.dtype)
+  model = models.create_model(config.model)
+  tx, schedule = train.create_optimizer(config)
+  # As the Trainer runs it: batch split over a `data` mesh, state replicated
+  # and donated.
+  mesh = train.make_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, train.P())
+  split = jax.sharding.NamedSharding(mesh, train.P('data'))
+  images = _images(args.batch, image_shape)
+  params = model.init(jax.random.PRNGKey(0), jnp.asarray(images[:1]))['params']
+  state = jax.device_put(train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      opt_state=tx.init(params), ema_params=None, rng=jax.random.PRNGKey(1)),
+                         replicated)
+  batch = {'image': jax.device_put(images, split)}
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                   schedule=schedule, ema_decay=0.0),
+                 in_shardings=(replicated, split),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  # XLA's scratch buffers (activations kept for the backward pass), per
+  # device program, summed over the devices.
+  temp_mib = devices * getattr(memory, 'temp_size_in_bytes', 0) / 2**20
+
+  holder = {'state': state}
+
+  def run_steps(n):
+    s = holder['state']
+    for _ in range(n):
+      s, metrics = compiled(s, batch)
+    jax.block_until_ready(metrics)
+    holder['state'] = s
+
+  seconds = _timed_windows(run_steps, args.warmup, args.steps, args.windows)
+  return dict(
+      framework=f'jax, {devices} CPU device{"s" if devices > 1 else ""}',
+      seconds_per_step=seconds, compile_s=compile_s,
+      peak_rss_mib=_peak_rss_mib(), xla_temp_mib=temp_mib,
+      params=sum(x.size for x in jax.tree_util.tree_leaves(params)),
+      flops=cost.flops_per_image(config.model, image_shape),
+      matmul_gflops=cost.measured_matmul_gflops())
+
+
+def measure_torch(args, features, image_shape) -> dict:
+  """The PyTorch reference, timed the same way (run in its own process)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import cost  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  config = default.get_config()
+  config.model = model_config(features, image_shape[-1])
+  model = torch_reference.channels_last(
+      torch_reference.from_config(config.model))
+  optimizer = torch.optim.RMSprop(
+      model.parameters(), lr=config.learning_rate, alpha=config.rmsprop_decay,
+      eps=config.rmsprop_eps)
+  images = torch.from_numpy(_images(args.batch, image_shape))
+
+  def one_step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch_reference.bits_per_dim(model(images), images)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  start = time.perf_counter()
+  one_step()
+  first_s = time.perf_counter() - start
+
+  def run_steps(n):
+    for _ in range(n):
+      loss = one_step()
+    loss.item()
+
+  seconds = _timed_windows(run_steps, args.warmup, args.steps, args.windows)
+  a = torch.randn(2048, 2048)
+  best = float('inf')
+  for _ in range(5):
+    start = time.perf_counter()
+    a @ a  # pylint: disable=pointless-statement
+    best = min(best, time.perf_counter() - start)
+  return dict(
+      framework=f'torch {torch.__version__}', seconds_per_step=seconds,
+      compile_s=first_s, peak_rss_mib=_peak_rss_mib(), xla_temp_mib=None,
+      params=sum(p.numel() for p in model.parameters()),
+      flops=cost.flops_per_image(config.model, image_shape),
+      matmul_gflops=2 * 2048**3 / best / 1e9)
+
+
+def check_same_loss() -> float:
+  """|JAX loss - torch loss| for the same weights on a small RGB model."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import likelihood, models  # pylint: disable=g-import-not-at-top
+
+  config = model_config(12, 3)
+  config.num_layers, config.head_features = 3, 24
+  model = models.create_model(config)
+  images = _images(4, (8, 8, 3))
+  params = model.init(jax.random.PRNGKey(3), jnp.asarray(images[:1]))['params']
+  # Random biases too, so that every parameter is checked.
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(4), len(leaves))
+  params = jax.tree_util.tree_unflatten(treedef, [
+      x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  jax_loss = float(likelihood.bits_per_dim(
+      model.apply({'params': params}, jnp.asarray(images)),
+      jnp.asarray(images)).mean())
+  reference = torch_reference.from_config(config)
+  torch_reference.from_flax(reference, params)
+  with torch.no_grad():
+    torch_images = torch.from_numpy(images)
+    torch_loss = float(torch_reference.bits_per_dim(
+        reference(torch_images), torch_images))
+  return abs(jax_loss - torch_loss), jax_loss, torch_loss
+
+
+def _child(args) -> None:
+  spec = json.loads(args.child)
+  measure = measure_torch if spec['framework'] == 'torch' else measure_jax
+  result = measure(args, spec['features'], tuple(spec['image_shape']))
+  print('RESULT ' + json.dumps(result))
+
+
+def _run_child(argv, spec) -> dict:
+  command = [sys.executable, __file__, *argv, '--child', json.dumps(spec)]
+  out = subprocess.run(command, capture_output=True, text=True, check=False)
+  for line in out.stdout.splitlines():
+    if line.startswith('RESULT '):
+      return json.loads(line[len('RESULT '):])
+  raise RuntimeError(f'benchmark {spec} failed:\n{out.stderr[-3000:]}')
+
+
+def _row(name, image_shape, batch, result) -> str:
+  seconds = result['seconds_per_step']
+  images_per_s = batch / seconds
+  gflops = result['flops']['train'] * images_per_s / 1e9
+  peak = result['matmul_gflops']
+  temp = result['xla_temp_mib']
+  H, W, C = image_shape
+  return (f"| {name} | {H}x{W}x{C} | {result['framework']} | "
+          f"{result['params']:,} | {1 / seconds:.3f} | {images_per_s:.1f} | "
+          f"{1e3 * seconds / batch:.1f} | "
+          f"{result['flops']['forward'] / 1e9:.3f} / "
+          f"{result['flops']['train'] / 1e9:.3f} | {gflops:.1f} | "
+          f"{peak:.0f} | {100 * gflops / peak:.0f}% | "
+          f"{result['peak_rss_mib']:.0f} | "
+          f"{'-' if temp is None else f'{temp:.0f}'} | "
+          f"{result['compile_s']:.1f} |")
+
+
+HEADER = ('| model | image | framework | params | steps/s | images/s | '
+          'ms/image | GFLOP/image fwd / train | GFLOP/s | matmul GFLOP/s | '
+          '% of matmul | peak RSS MiB | XLA temp MiB | compile s |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default=','.join(MODELS),
+                      help=f'comma-separated subset of {sorted(MODELS)}')
+  parser.add_argument('--compare-torch', action='store_true',
+                      help='also time the PyTorch reference (bench extra)')
+  parser.add_argument('--scaling', action='store_true',
+                      help=f'default model at {SCALING_SIZES} px instead')
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--windows', type=int, default=3)
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--cpu-devices', type=int, default=0,
+                      help='JAX data-parallel CPU devices (0: as training '
+                      'picks, one per core; 1: one device)')
+  parser.add_argument('--dtype', default='float32',
+                      choices=('float32', 'bfloat16'))
+  parser.add_argument('--child', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    _child(args)
+    return
+
+  argv = [f'--batch={args.batch}', f'--steps={args.steps}',
+          f'--windows={args.windows}', f'--warmup={args.warmup}',
+          f'--dtype={args.dtype}', f'--cpu-devices={args.cpu_devices}']
+  if args.scaling:
+    runs = [(f'default {s}px', dict(features=48, image_shape=(s, s, 1)))
+            for s in SCALING_SIZES]
+  else:
+    unknown = set(args.models.split(',')) - set(MODELS)
+    if unknown:
+      parser.error(f'unknown --models {sorted(unknown)}; choose from '
+                   f'{sorted(MODELS)}')
+    runs = [(name, MODELS[name]) for name in args.models.split(',')]
+
+  if args.compare_torch:
+    try:
+      difference, jax_loss, torch_loss = check_same_loss()
+    except ImportError as e:
+      sys.exit(f'--compare-torch needs PyTorch: pip install -e ".[bench]" '
+               f'({e})')
+    print(f'Same weights, same loss: JAX {jax_loss:.6f} vs torch '
+          f'{torch_loss:.6f} bits/dim (|diff| {difference:.1e})')
+    if difference > 1e-4:
+      sys.exit('The PyTorch reference does not compute the same model; '
+               'the comparison would not be fair.')
+
+  print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} '
+        f'cores; batch {args.batch}, {args.dtype}; median of {args.windows} '
+        f'windows of {args.steps} steps after {args.warmup} warm-up steps\n')
+  print(HEADER)
+  for name, spec in runs:
+    frameworks = ['jax'] + (['torch'] if args.compare_torch else [])
+    results = {}
+    for framework in frameworks:
+      results[framework] = _run_child(argv, dict(spec, framework=framework))
+      print(_row(name, spec['image_shape'], args.batch, results[framework]),
+            flush=True)
+    if args.compare_torch:
+      ratio = (results['torch']['seconds_per_step'] /
+               results['jax']['seconds_per_step'])
+      print(f'| {name} | | JAX / torch throughput | | | {ratio:.2f}x | '
+            '| | | | | | | |', flush=True)
+
+
+if __name__ == '__main__':
+  main()
