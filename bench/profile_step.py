@@ -1,0 +1,211 @@
+"""Where the train step's time goes, and how fast the dominant kernel can be.
+
+  python bench/profile_step.py [--features=48] [--cpu-devices=0]
+  python bench/profile_step.py --conv [--features=48]   # kernel ceiling
+
+Default mode: traces 3 train steps of the default model (batch 32, float32)
+with `jax.profiler` and sums the XLA ops' time by kind: the convolutions
+(forward, and the two backward convolutions of each), matrix products (the
+1x1s), and everything else (gates, bias adds, layout transposes, softmax,
+optimizer). Times are summed over threads, so with 2 devices on 2 cores the
+total is about twice the wall time; the shares are what matter.
+
+--conv: the vertical-stack convolution ((k//2+1) x k, p -> 2p, 71% of the
+model's FLOPs at k = 5), forward and forward+backward, in XLA (as the model
+runs it) and, when PyTorch is installed, in PyTorch (oneDNN), same shapes.
+The ratio bounds how far the whole step can get ahead of the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import glob
+import gzip
+import json
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _best_seconds(fn, repeats=5):
+  fn()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def conv_ceiling(features: int, batch: int = 32, size: int = 28) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  import numpy as np
+  from gated_pixelcnn import layers  # pylint: disable=g-import-not-at-top
+
+  k, p = 5, features
+  r = k // 2
+  rng = np.random.RandomState(0)
+  x = rng.randn(batch, size, size, p).astype(np.float32)
+  w = (0.05 * rng.randn(r + 1, k, p, 2 * p)).astype(np.float32)
+  dy = rng.randn(batch, size, size, 2 * p).astype(np.float32)
+  flops = 2 * batch * size * size * (r + 1) * k * p * 2 * p
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), layers.vertical_padding(k),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  forward = jax.jit(conv)
+  both = jax.jit(jax.grad(lambda x, w: jnp.vdot(conv(x, w), dy), (0, 1)))
+  rows = [('XLA', _best_seconds(lambda: jax.block_until_ready(forward(x, w))),
+           _best_seconds(lambda: jax.block_until_ready(both(x, w))))]
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    torch = None
+  if torch is not None:
+    torch.set_num_threads(os.cpu_count())
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_()
+    tdy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last)
+
+    def torch_forward():
+      return F.conv2d(F.pad(tx, (r, r, r, 0)), tw)
+
+    def torch_both():
+      torch_forward().backward(tdy)
+
+    with torch.no_grad():
+      torch_fwd = _best_seconds(torch_forward)
+    rows.append((f'PyTorch {torch.__version__}', torch_fwd,
+                 _best_seconds(torch_both)))
+  print(f'Vertical conv {r + 1}x{k}, {p} -> {2 * p}, batch {batch}, '
+        f'{size}x{size}, float32, best of 5:')
+  print('| kernel | forward ms | GFLOP/s | forward+backward ms | GFLOP/s |')
+  print('|---|---|---|---|---|')
+  for name, fwd, fb in rows:
+    print(f'| {name} | {1e3 * fwd:.1f} | {flops / fwd / 1e9:.0f} | '
+          f'{1e3 * fb:.1f} | {3 * flops / fb / 1e9:.0f} |')
+
+
+def _kind(body: list[str]) -> str:
+  text = '\n'.join(body)
+  if ' convolution(' in text:
+    return 'convolution'
+  if ' dot(' in text:
+    return 'dot (1x1s, head)'
+  if ' transpose(' in text:
+    return 'layout transposes'
+  if ' tanh(' in text or ' exponential(' in text or ' divide(' in text:
+    return 'gates, softmax (tanh, exp)'
+  return 'other elementwise (adds, pads, optimizer)'
+
+
+def profile(features: int, cpu_devices: int, steps: int = 3) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config()
+  config.cpu_devices = cpu_devices
+  devices = train.cpu_device_count(config, train.num_cores())
+  jax.config.update('jax_num_cpu_devices', devices)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from gated_pixelcnn import models  # pylint: disable=g-import-not-at-top
+
+  config.model.features = features
+  model = models.create_model(config.model)
+  tx, schedule = train.create_optimizer(config)
+  mesh = train.make_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, train.P())
+  split = jax.sharding.NamedSharding(mesh, train.P('data'))
+  images = np.random.RandomState(0).randint(0, 256, (32, 28, 28, 1))
+  params = model.init(jax.random.PRNGKey(0),
+                      jnp.zeros((1, 28, 28, 1), jnp.int32))['params']
+  state = jax.device_put(train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      opt_state=tx.init(params), ema_params=None, rng=jax.random.PRNGKey(1)),
+                         replicated)
+  batch = {'image': jax.device_put(images.astype(np.uint8), split)}
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                   schedule=schedule, ema_decay=0.0),
+                 in_shardings=(replicated, split),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+  compiled = step.lower(state, batch).compile()
+  hlo = compiled.as_text()
+  for _ in range(2):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+
+  with tempfile.TemporaryDirectory() as trace_dir:
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(steps):
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+    wall = (time.perf_counter() - start) / steps
+    path = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]
+    with gzip.open(path) as f:
+      events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+
+  # Fusion instruction -> the computation it calls -> that body's ops.
+  calls, bodies, current = {}, {}, None
+  for line in hlo.splitlines():
+    m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .* (?:fusion|custom-call)\(.*'
+                 r'calls=%?([\w.\-]+)', line)
+    if m:
+      calls[m.group(1)] = m.group(2)
+    header = re.match(r'%?([\w.\-]+) .*\{$', line) if line[:1] not in (
+        ' ', '') else None
+    if header:
+      current = header.group(1)
+      bodies[current] = []
+    elif current:
+      bodies[current].append(line)
+  per_kind = collections.Counter()
+  for e in events:
+    if e.get('ph') != 'X' or e['name'] not in calls and not re.match(
+        r'^(wrapped_|copy|transpose|dot|convolution)', e['name']):
+      continue
+    body = bodies.get(calls.get(e['name']), [f' {e["name"]}('])
+    per_kind[_kind(body)] += e['dur'] / 1e3 / steps
+  total = sum(per_kind.values())
+  print(f'Train step, default model at p = {features}, batch 32, float32, '
+        f'{devices} CPU device(s): {1e3 * wall:.0f} ms wall per step '
+        f'(traced); XLA op time summed over threads {total:.0f} ms')
+  print('| kind | ms per step | share |')
+  print('|---|---|---|')
+  for kind, ms in per_kind.most_common():
+    print(f'| {kind} | {ms:.0f} | {100 * ms / total:.0f}% |')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--features', type=int, default=48)
+  parser.add_argument('--cpu-devices', type=int, default=0)
+  parser.add_argument('--conv', action='store_true',
+                      help='compare the vertical-stack conv kernel instead')
+  args = parser.parse_args()
+  if args.conv:
+    conv_ceiling(args.features)
+  else:
+    profile(args.features, args.cpu_devices)
+
+
+if __name__ == '__main__':
+  main()
