@@ -159,7 +159,7 @@ def from_flax(model: GatedPixelCNN, params) -> None:
     with torch.no_grad():
       module.conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
       if module.conv.bias is not None:
-        module.conv.bias.copy_(torch.from_numpy(np.asarray(tree['bias'])))
+        module.conv.bias.copy_(torch.from_numpy(np.array(tree['bias'], np.float32)))
 
   for i, block in enumerate(model.blocks):
     tree = params[f'block_{i}']

@@ -15,7 +15,10 @@ covers --windows windows of --steps steps each (blocking once per window,
 as training does) and reports the median window. FLOPs are analytic (the
 cost model of PAPER.md, `gated_pixelcnn.cost`); "% of matmul" divides the
 achieved FLOP/s by this machine's float32 matmul rate measured in the same
-run (a 2048^2 XLA matmul, best of 5).
+run (a 2048^2 XLA matmul, best of 10). The JAX step runs as training runs it
+on this host: over config.cpu_devices (one per core) and in
+config.microbatches parts (auto); --cpu-devices=1 --microbatches=1 gives the
+plain one-device step.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def measure_jax(args, features, image_shape) -> dict:
   from gated_pixelcnn import cost, models  # pylint: disable=g-import-not-at-top
 
   config.model = model_config(features, image_shape[-1], args.dtype)
+  config.microbatches = args.microbatches
+  microbatches = train.num_microbatches(config, devices, image_shape, 'cpu')
   model = models.create_model(config.model)
   tx, schedule = train.create_optimizer(config)
   # As the Trainer runs it: batch split over a `data` mesh, state replicated
@@ -107,7 +112,8 @@ def measure_jax(args, features, image_shape) -> dict:
                          replicated)
   batch = {'image': jax.device_put(images, split)}
   step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
-                                   schedule=schedule, ema_decay=0.0),
+                                   schedule=schedule, ema_decay=0.0,
+                                   microbatches=microbatches),
                  in_shardings=(replicated, split),
                  out_shardings=(replicated, replicated), donate_argnums=0)
   start = time.perf_counter()
@@ -129,7 +135,8 @@ def measure_jax(args, features, image_shape) -> dict:
 
   seconds = _timed_windows(run_steps, args.warmup, args.steps, args.windows)
   return dict(
-      framework=f'jax, {devices} CPU device{"s" if devices > 1 else ""}',
+      framework=(f'jax, {devices} CPU device{"s" if devices > 1 else ""}'
+                 f', {microbatches} part{"s" if microbatches > 1 else ""}'),
       seconds_per_step=seconds, compile_s=compile_s,
       peak_rss_mib=_peak_rss_mib(), xla_temp_mib=temp_mib,
       params=sum(x.size for x in jax.tree_util.tree_leaves(params)),
@@ -174,7 +181,7 @@ def measure_torch(args, features, image_shape) -> dict:
   seconds = _timed_windows(run_steps, args.warmup, args.steps, args.windows)
   a = torch.randn(2048, 2048)
   best = float('inf')
-  for _ in range(5):
+  for _ in range(10):
     start = time.perf_counter()
     a @ a  # pylint: disable=pointless-statement
     best = min(best, time.perf_counter() - start)
@@ -272,6 +279,9 @@ def main() -> None:
   parser.add_argument('--cpu-devices', type=int, default=0,
                       help='JAX data-parallel CPU devices (0: as training '
                       'picks, one per core; 1: one device)')
+  parser.add_argument('--microbatches', type=int, default=0,
+                      help='parts each device batch is processed in (0: as '
+                      'training picks, see config.microbatches)')
   parser.add_argument('--dtype', default='float32',
                       choices=('float32', 'bfloat16'))
   parser.add_argument('--child', help=argparse.SUPPRESS)
@@ -282,7 +292,8 @@ def main() -> None:
 
   argv = [f'--batch={args.batch}', f'--steps={args.steps}',
           f'--windows={args.windows}', f'--warmup={args.warmup}',
-          f'--dtype={args.dtype}', f'--cpu-devices={args.cpu_devices}']
+          f'--dtype={args.dtype}', f'--cpu-devices={args.cpu_devices}',
+          f'--microbatches={args.microbatches}']
   if args.scaling:
     runs = [(f'default {s}px', dict(features=48, image_shape=(s, s, 1)))
             for s in SCALING_SIZES]

@@ -102,7 +102,7 @@ def matmul_macs(fn: Callable[..., Any], *args, **kwargs) -> int:
   return walk(closed.jaxpr)
 
 
-def measured_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+def measured_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
   """This machine's float32 matmul GFLOP/s (best of ``repeats``), via XLA."""
   import time  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

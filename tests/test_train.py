@@ -99,6 +99,47 @@ def test_eight_devices_match_one(fake_config, shard_params):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('devices,microbatches', [(1, 4), (2, 2)])
+def test_microbatches_give_the_same_update(fake_config, devices, microbatches):
+  """Gradient accumulation over micro-batches == one step on the batch."""
+  results = []
+  for m in (1, microbatches):
+    fake_config.microbatches = m
+    trainer = train.Trainer(fake_config,
+                            mesh=train.make_mesh(jax.devices()[:devices]))
+    state = trainer.init(jax.random.PRNGKey(0))
+    state, metrics = trainer.train_step(state, _fixed_batch(trainer))
+    results.append((float(metrics['bits_per_dim']),
+                    float(metrics['grad_norm']), _leaves(state.params)))
+  (loss1, norm1, params1), (loss_m, norm_m, params_m) = results
+  assert loss_m == pytest.approx(loss1, rel=1e-5)
+  assert norm_m == pytest.approx(norm1, rel=1e-4)
+  for a, b in zip(params1, params_m):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('devices,shape,platform,microbatches,expected', [
+    (2, (28, 28), 'cpu', 0, 2),    # 16 images of 784 pixels: 2 parts of 8
+    (1, (28, 28), 'cpu', 0, 4),
+    (2, (64, 64), 'cpu', 0, 8),    # 2 images of 4,096 pixels per part
+    (2, (16, 16), 'cpu', 0, 1),
+    (2, (28, 28), 'tpu', 0, 1),
+    (2, (28, 28), 'cpu', 4, 4),
+])
+def test_auto_microbatches(fake_config, devices, shape, platform,
+                           microbatches, expected):
+  fake_config.batch_size = 32
+  fake_config.microbatches = microbatches
+  assert train.num_microbatches(fake_config, devices, shape,
+                                platform) == expected
+
+
+def test_microbatches_must_divide_the_device_batch(fake_config):
+  fake_config.microbatches = 3
+  with pytest.raises(ValueError, match='microbatches = 3 must'):
+    train.Trainer(fake_config)
+
+
 def test_shard_params_splits_large_arrays(fake_config):
   fake_config.shard_params = True
   mesh = train.make_mesh()
