@@ -73,14 +73,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.shard_params = False
   # On a CPU-only host: data-parallel over this many virtual CPU devices
   # (0: one per core, as many as divide the batch sizes; 1: one device).
-  # One device per core trains ~1.35x faster on XLA:CPU (bench/train.py).
+  # One device per core trains 1.1-1.3x faster on XLA:CPU (bench/train.py).
   # Ignored on TPU/GPU, where the accelerators are the devices.
   config.cpu_devices = 0
   # Process each device's part of the batch in this many equal parts in
   # sequence and average their gradients (the same update). 0 (auto): on a
   # CPU, the fewest parts of at most 8,192 pixels per device, which XLA:CPU
-  # runs in cache (2 parts of 8 images per core here: ~10% faster; at 64x64,
-  # 1.5x, bench/train.py); on TPU/GPU 1.
+  # runs in cache (2 parts of 8 images per core here: ~6% faster; at 64x64,
+  # 1.3x, bench/train.py); on TPU/GPU 1.
   config.microbatches = 0
   # Steps traced by clu's profiler, 10 steps after (re)start (0: off).
   config.num_profile_steps = 0

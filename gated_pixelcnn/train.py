@@ -226,7 +226,7 @@ def eval_step(params, batch: dict[str, jax.Array], *, model) -> dict:
 
 # Auto micro-batching on CPUs: the most pixels one device processes at once.
 # XLA:CPU's train step is fastest per pixel when a part's activations stay in
-# cache: 4 x 32x32 images per core run 1.5x faster per pixel than 16 x 64x64.
+# cache: 8 parts of 2 64x64 images per core run 1.3x faster than one of 16.
 CPU_MICROBATCH_PIXELS = 8192
 
 
@@ -262,7 +262,7 @@ def cpu_device_count(config, cores: int) -> int:
   ``config.cpu_devices`` > 0 is taken as is. 0 (auto) gives one device per
   core, or the largest count <= cores that divides both batch sizes. On
   XLA:CPU a data-parallel mesh of one device per core runs the train step
-  about 1.35x faster than one device using all cores (bench/train.py): the
+  1.1-1.3x faster than one device using all cores (bench/train.py): the
   small convolutions, gates and transposes of a 2-core step do not keep two
   threads busy, two independent half-batch programs do.
   """
