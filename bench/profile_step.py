@@ -1,9 +1,10 @@
 """Where the train step's time goes, and how fast the dominant kernel can be.
 
-  python bench/profile_step.py [--features=48] [--cpu-devices=0]
+  python bench/profile_step.py [--features=48] [--cpu-devices=0] [--microbatches=0]
   python bench/profile_step.py --conv [--features=48]   # kernel ceiling
 
-Default mode: traces 3 train steps of the default model (batch 32, float32)
+Default mode: traces 3 train steps of the default model (batch 32, float32,
+run as training runs it here: `bench/train.py`'s `jitted_step`)
 with `jax.profiler` and sums the XLA ops' time by kind: the convolutions
 (forward, and the two backward convolutions of each), matrix products (the
 1x1s), and everything else (gates, bias adds, layout transposes, softmax,
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -34,6 +34,7 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'bench'))
 
 
 def _best_seconds(fn, repeats=5):
@@ -114,37 +115,21 @@ def _kind(body: list[str]) -> str:
   return 'other elementwise (adds, pads, optimizer)'
 
 
-def profile(features: int, cpu_devices: int, steps: int = 3) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
+def profile(features: int, cpu_devices: int, microbatches: int,
+            steps: int = 3) -> None:
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
-  from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
+  import train as bench_train  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   config.cpu_devices = cpu_devices
-  devices = train.cpu_device_count(config, train.num_cores())
-  jax.config.update('jax_num_cpu_devices', devices)
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np
-  from gated_pixelcnn import models  # pylint: disable=g-import-not-at-top
-
+  config.microbatches = microbatches
   config.model.features = features
-  model = models.create_model(config.model)
-  tx, schedule = train.create_optimizer(config)
-  mesh = train.make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, train.P())
-  split = jax.sharding.NamedSharding(mesh, train.P('data'))
-  images = np.random.RandomState(0).randint(0, 256, (32, 28, 28, 1))
-  params = model.init(jax.random.PRNGKey(0),
-                      jnp.zeros((1, 28, 28, 1), jnp.int32))['params']
-  state = jax.device_put(train.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      opt_state=tx.init(params), ema_params=None, rng=jax.random.PRNGKey(1)),
-                         replicated)
-  batch = {'image': jax.device_put(images.astype(np.uint8), split)}
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
-                                   schedule=schedule, ema_decay=0.0),
-                 in_shardings=(replicated, split),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  images = np.random.RandomState(0).randint(
+      0, 256, (config.batch_size, 28, 28, 1)).astype(np.uint8)
+  step, state, batch, devices, parts = bench_train.jitted_step(config, images)
+  import jax  # pylint: disable=g-import-not-at-top
+
   compiled = step.lower(state, batch).compile()
   hlo = compiled.as_text()
   for _ in range(2):
@@ -186,7 +171,8 @@ def profile(features: int, cpu_devices: int, steps: int = 3) -> None:
     per_kind[_kind(body)] += e['dur'] / 1e3 / steps
   total = sum(per_kind.values())
   print(f'Train step, default model at p = {features}, batch 32, float32, '
-        f'{devices} CPU device(s): {1e3 * wall:.0f} ms wall per step '
+        f'{devices} CPU device(s), {parts} part(s): {1e3 * wall:.0f} ms wall '
+        f'per step '
         f'(traced); XLA op time summed over threads {total:.0f} ms')
   print('| kind | ms per step | share |')
   print('|---|---|---|')
@@ -198,13 +184,14 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--features', type=int, default=48)
   parser.add_argument('--cpu-devices', type=int, default=0)
+  parser.add_argument('--microbatches', type=int, default=0)
   parser.add_argument('--conv', action='store_true',
                       help='compare the vertical-stack conv kernel instead')
   args = parser.parse_args()
   if args.conv:
     conv_ceiling(args.features)
   else:
-    profile(args.features, args.cpu_devices)
+    profile(args.features, args.cpu_devices, args.microbatches)
 
 
 if __name__ == '__main__':

@@ -80,31 +80,29 @@ def _timed_windows(run_steps, warmup, steps, windows) -> float:
   return statistics.median(per_step)
 
 
-def measure_jax(args, features, image_shape) -> dict:
-  """One JAX measurement (run in its own process)."""
+def jitted_step(config, images):
+  """The train step as the Trainer runs it on a CPU host, for benchmarks.
+
+  Sets the CPU device count from ``config.cpu_devices`` (so it must run
+  before JAX's backends start) and returns (step, state, batch, devices,
+  microbatches): the batch split over a `data` mesh, the state replicated
+  and donated, ``config.microbatches`` resolved as training resolves it.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
 
-  config = default.get_config()
-  config.batch_size = args.batch
-  config.cpu_devices = args.cpu_devices
   devices = train.cpu_device_count(config, train.num_cores())
   jax.config.update('jax_num_cpu_devices', devices)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gated_pixelcnn import cost, models  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import models  # pylint: disable=g-import-not-at-top
 
-  config.model = model_config(features, image_shape[-1], args.dtype)
-  config.microbatches = args.microbatches
-  microbatches = train.num_microbatches(config, devices, image_shape, 'cpu')
+  microbatches = train.num_microbatches(config, devices, images.shape[1:],
+                                        'cpu')
   model = models.create_model(config.model)
   tx, schedule = train.create_optimizer(config)
-  # As the Trainer runs it: batch split over a `data` mesh, state replicated
-  # and donated.
   mesh = train.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, train.P())
   split = jax.sharding.NamedSharding(mesh, train.P('data'))
-  images = _images(args.batch, image_shape)
   params = model.init(jax.random.PRNGKey(0), jnp.asarray(images[:1]))['params']
   state = jax.device_put(train.TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
@@ -116,6 +114,23 @@ def measure_jax(args, features, image_shape) -> dict:
                                    microbatches=microbatches),
                  in_shardings=(replicated, split),
                  out_shardings=(replicated, replicated), donate_argnums=0)
+  return step, state, batch, devices, microbatches
+
+
+def measure_jax(args, features, image_shape) -> dict:
+  """One JAX measurement (run in its own process)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config()
+  config.batch_size = args.batch
+  config.cpu_devices = args.cpu_devices
+  config.microbatches = args.microbatches
+  config.model = model_config(features, image_shape[-1], args.dtype)
+  step, state, batch, devices, microbatches = jitted_step(
+      config, _images(args.batch, image_shape))
+  import jax  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import cost  # pylint: disable=g-import-not-at-top
+
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -139,7 +154,7 @@ def measure_jax(args, features, image_shape) -> dict:
                  f', {microbatches} part{"s" if microbatches > 1 else ""}'),
       seconds_per_step=seconds, compile_s=compile_s,
       peak_rss_mib=_peak_rss_mib(), xla_temp_mib=temp_mib,
-      params=sum(x.size for x in jax.tree_util.tree_leaves(params)),
+      params=sum(x.size for x in jax.tree_util.tree_leaves(state.params)),
       flops=cost.flops_per_image(config.model, image_shape),
       matmul_gflops=cost.measured_matmul_gflops())
 
