@@ -32,6 +32,19 @@ def get_model_config() -> ml_collections.ConfigDict:
   return model
 
 
+def decoder_config(name: str, **fields) -> ml_collections.ConfigDict:
+  """A conditional model's config: ``name``, the default model's Gated
+  PixelCNN fields (its decoder), then ``fields``."""
+  model = ml_collections.ConfigDict()
+  model.name = name
+  default = get_model_config()
+  for key in ('num_layers', 'features', 'kernel_size', 'first_kernel_size',
+              'num_channels', 'head_features', 'dtype'):
+    model[key] = default[key]
+  model.update(fields)
+  return model
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Fashion-MNIST, read offline from Debian's dataset-fashion-mnist."""
   config = ml_collections.ConfigDict()
@@ -69,6 +82,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 1_600
   config.checkpoint_every_steps = 500
   config.max_to_keep = 3
+  # Train on images subsampled by this factor (pixels (f*i, f*j)): the
+  # low-resolution model of multi-scale generation. 1: full size.
+  config.subsample = 1
+  # What a conditional_pixelcnn is conditioned on, from another trained run
+  # (gated_pixelcnn.conditioning): '' (nothing: unconditional, or labels via
+  # model.num_classes, or the auto-encoder's own encoder), 'embedding' (a
+  # trained embedding_net's output) or 'subsample' (multi-scale: the image
+  # subsampled like a trained low-resolution model's data). workdir: that
+  # run's folder.
+  config.conditioning = ml_collections.ConfigDict()
+  config.conditioning.source = ''
+  config.conditioning.workdir = placeholder(str)
   # Split large parameters and their optimizer state over the devices.
   config.shard_params = False
   # On a CPU-only host: data-parallel over this many virtual CPU devices
@@ -100,4 +125,10 @@ def get_config() -> ml_collections.ConfigDict:
   # each of num_samples test images.
   config.sample.observed_rows = placeholder(int)
   config.sample.num_completions = 3
+  # --mode=reconstruct of a PixelCNN auto-encoder: the workdir of the MSE
+  # auto-encoder baseline shown next to it (None: no baseline column).
+  config.sample.mse_workdir = placeholder(str)
+  # --mode=interpolate: two test-split indices and points on the line.
+  config.sample.interpolate_pair = (0, 1)
+  config.sample.num_interpolations = 8
   return config

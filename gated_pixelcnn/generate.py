@@ -1,5 +1,6 @@
-"""Sample and completion grids of a model: what --mode=sample/complete and
-training's periodic samples write to PNG and TensorBoard."""
+"""Sample, completion, reconstruction and interpolation grids: what
+--mode=sample/complete/reconstruct/embed_sample/interpolate and training's
+periodic samples write to PNG and TensorBoard."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gated_pixelcnn import grids
+from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 
 OCCLUDED_VALUE = 128  # grey: how the hidden part of an image is shown
@@ -86,3 +89,149 @@ def write_grid(writer, workdir: str, step: int, name: str,
     writer.flush()
     logging.info('Wrote %s', path)
   return path
+
+
+# --------------------------------------------------------- conditional models
+
+
+def is_conditioned_on_images(model) -> bool:
+  """Models whose samples are drawn given h of an image (AE, embedding,
+  multi-scale), not from labels or nothing."""
+  return isinstance(model, models.ConditionalPixelCNN)
+
+
+def can_sample(trainer) -> bool:
+  return trainer.model.objective == 'likelihood'
+
+
+def test_images(trainer, builder, n: int, per_class: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+  """The first ``n`` images of the eval split (and labels where the dataset
+  has them); ``per_class``: the first of each class in turn (0, 1, 2, ...)."""
+  source = input_pipeline.open_split(builder, trainer.spec.eval_split)
+  has_labels = bool(trainer.data_spec.num_classes)
+  if per_class and has_labels:
+    scan = source.__getitems__(list(range(min(len(source), 50 * n))))
+    by_class = {}
+    for k, ex in enumerate(scan):
+      by_class.setdefault(int(ex['label']), []).append(k)
+    order, rank = [], 0
+    while len(order) < n and any(rank < len(v) for v in by_class.values()):
+      order += [v[rank] for _, v in sorted(by_class.items()) if rank < len(v)]
+      rank += 1
+    examples = [scan[k] for k in order[:n]]
+  else:
+    examples = source.__getitems__(list(range(min(n, len(source)))))
+  if not examples:
+    raise ValueError(f'the {trainer.spec.eval_split} split is empty.')
+  images = np.stack([ex['image'] for ex in examples])
+  labels = (np.asarray([ex['label'] for ex in examples], np.int32)
+            if has_labels else None)
+  return images, labels
+
+
+def conditioning_of(trainer, params, images) -> jax.Array:
+  """h of full-size images for a conditional model: its encoder's output,
+  the frozen embedding, or the subsampled image."""
+  model = trainer.model
+  if isinstance(model, models.PixelCNNAutoEncoder):
+    return model.apply({'params': params}, jnp.asarray(images),
+                       method='encode')
+  return trainer.conditioner.add({'image': jnp.asarray(images)})['cond']
+
+
+def sample_given(trainer, params, rng, h, images=None, sample_config=None
+                 ) -> np.ndarray:
+  """uint8 [N, H, W, C] samples of a conditional model given h [N, ...].
+
+  Multi-scale: the low-resolution pixels are taken from ``images`` (full
+  size, with the low-resolution image at (f*i, f*j)) and kept.
+  """
+  sample_config = sample_config or trainer.config.sample
+  image_shape = trainer.spec.image_shape
+  decoder, variables, inputs = sampling.decoder_inputs(
+      trainer.model, {'params': params}, h, image_shape)
+  n = len(h)
+  canvas = np.zeros((n, *image_shape), np.int32)
+  fixed = None
+  f = trainer.conditioner.factor
+  if trainer.conditioner.source == 'subsample':
+    canvas[:, ::f, ::f] = np.asarray(images)[:, ::f, ::f]
+    fixed = trainer.conditioner.nll_mask(image_shape) == 0
+  start = time.time()
+  out = np.asarray(sampling.complete(
+      decoder, variables, rng, canvas, 0, fixed=fixed, **inputs,
+      **_sampling_kwargs(sample_config)))
+  logging.info('Sampled %d images given h (%s) in %.1f s.', n,
+               sample_config.method, time.time() - start)
+  return out
+
+
+def conditional_grid(trainer, params, rng, images, num_samples: int,
+                     extra_columns=()) -> np.ndarray:
+  """Rows of: the image | extra columns (e.g. an MSE reconstruction) |
+  ``num_samples`` samples given the image's h."""
+  images = np.asarray(images)
+  N = len(images)
+  h = conditioning_of(trainer, params, images)
+  h = jnp.repeat(h, num_samples, axis=0)
+  batch = np.repeat(images, num_samples, axis=0)
+  samples = sample_given(trainer, params, rng, h, batch)
+  columns = [images[:, None], *[np.asarray(c)[:, None] for c in extra_columns],
+             samples.reshape(N, num_samples, *images.shape[1:])]
+  return grids.make_grid(np.concatenate(columns, axis=1))
+
+
+def multiscale_grid(trainer, params, rng, num_rows: int, num_samples: int
+                    ) -> np.ndarray:
+  """Multi-scale generation from scratch: the low-resolution model samples
+  ``num_rows`` small images, the full model ``num_samples`` images given
+  each. Rows of: the small image (enlarged) | full-size samples."""
+  run = trainer.conditioner.run
+  f = trainer.conditioner.factor
+  low_rng, high_rng = jax.random.split(rng)
+  low = np.asarray(sampling.sample(
+      run.trainer.model, {'params': host_params(run.params)}, low_rng,
+      num_samples=num_rows, image_shape=run.trainer.spec.image_shape,
+      **_sampling_kwargs(trainer.config.sample)))
+  H, W, C = trainer.spec.image_shape
+  canvas = np.zeros((num_rows, H, W, C), np.uint8)
+  canvas[:, ::f, ::f] = low
+  batch = np.repeat(canvas, num_samples, axis=0)
+  samples = sample_given(trainer, params, high_rng,
+                         jnp.asarray(batch[:, ::f, ::f]), batch)
+  enlarged = low.repeat(f, axis=1).repeat(f, axis=2)[:, :H, :W]
+  return grids.make_grid(np.concatenate(
+      [enlarged[:, None], samples.reshape(num_rows, num_samples, H, W, C)],
+      axis=1))
+
+
+def training_grid(trainer, params, rng, builder) -> np.ndarray:
+  """The grid written at every evaluation during training."""
+  sample_config = trainer.config.sample
+  if is_conditioned_on_images(trainer.model):
+    images, _ = test_images(trainer, builder, sample_config.num_samples,
+                            per_class=True)
+    return conditional_grid(trainer, params, rng, images,
+                            sample_config.num_completions)
+  return sample_grid(trainer.model, params, rng, trainer.spec.image_shape,
+                     sample_config)
+
+
+def interpolation_grid(trainer, params, rng, image_a, image_b,
+                       num_points: int, num_rows: int) -> np.ndarray:
+  """Rows of: image a | samples given h on the line from h(a) to h(b) |
+  image b; each row draws with its own key."""
+  pair = np.stack([image_a, image_b])
+  h = conditioning_of(trainer, params, pair)
+  if h.ndim != 2:
+    raise ValueError('interpolation needs a vector h (auto-encoder or '
+                     'embedding model).')
+  t = jnp.linspace(0.0, 1.0, num_points)[:, None]
+  line = (1.0 - t) * h[0][None] + t * h[1][None]        # [points, D]
+  h_all = jnp.tile(line, (num_rows, 1))
+  samples = sample_given(trainer, params, rng, h_all)
+  samples = samples.reshape(num_rows, num_points, *pair.shape[1:])
+  ends = np.repeat(pair[None], num_rows, axis=0)
+  return grids.make_grid(np.concatenate(
+      [ends[:, :1], samples, ends[:, 1:]], axis=1))

@@ -1,16 +1,22 @@
-"""Jobs on a trained workdir: --mode=eval, sample and complete."""
+"""Jobs on a trained workdir: --mode=eval, sample, complete, reconstruct,
+embed_sample and interpolate."""
 
 from __future__ import annotations
 
+from absl import logging
+from clu import metric_writers
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from gated_pixelcnn import checkpointing
+from gated_pixelcnn import conditioning
 from gated_pixelcnn import generate
+from gated_pixelcnn import grids
 from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import models
 from gated_pixelcnn import train
-from clu import metric_writers
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str
@@ -43,27 +49,164 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
   metrics = trainer.evaluate_split(trainer.eval_params(state), builder)
   step = int(state.step)
   writer = _writer(workdir)
-  writer.write_scalars(step, {'eval/bits_per_dim': metrics['bits_per_dim']})
+  writer.write_scalars(step, train.eval_scalars(metrics))
   writer.flush()
   train.write_eval_results(workdir, step, metrics, config)
   return metrics
 
 
 def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """--mode=sample: a grid of samples to WORKDIR/samples/ and TensorBoard."""
+  """--mode=sample: a grid of samples to WORKDIR/samples/ and TensorBoard.
+
+  Unconditional models: a square grid; class-conditional: one row per class;
+  multi-scale: low-resolution samples, then full-size samples given each;
+  auto-encoder and embedding models: test images | samples given their h.
+  """
   trainer, state = restore(config, workdir)
+  if not generate.can_sample(trainer):
+    raise ValueError(
+        f'model.name = {config.model.name!r} is not a generative model; '
+        '--mode=reconstruct shows what the MSE auto-encoder does, '
+        '--mode=eval the embedding network\'s triplet loss.')
   step = int(state.step)
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.sample.seed), step)
-  grid = generate.sample_grid(trainer.model,
-                              generate.host_params(trainer.eval_params(state)), rng,
-                              trainer.spec.image_shape, config.sample)
+  rng = _rng(config, step)
+  params = generate.host_params(trainer.eval_params(state))
+  n = config.sample.num_samples
+  if trainer.conditioner.source == 'subsample':
+    grid = generate.multiscale_grid(trainer, params, rng, n,
+                                    config.sample.num_completions)
+  elif generate.is_conditioned_on_images(trainer.model):
+    images, _ = generate.test_images(trainer, input_pipeline.get_builder(
+        config), n, per_class=True)
+    grid = generate.conditional_grid(trainer, params, rng, images,
+                                     config.sample.num_completions)
+  else:
+    grid = generate.sample_grid(trainer.model, params, rng,
+                                trainer.spec.image_shape, config.sample)
   name = f'samples_{config.sample.method}_t{config.sample.temperature:g}'
   return generate.write_grid(_writer(workdir), workdir, step, name, grid)
+
+
+def _rng(config, step):
+  return jax.random.fold_in(jax.random.PRNGKey(config.sample.seed), step)
+
+
+def reconstruct_checkpoint(config: ml_collections.ConfigDict,
+                           workdir: str) -> str:
+  """--mode=reconstruct: the paper's auto-encoder figure.
+
+  Rows of: a test image | its MSE auto-encoder reconstruction (the run in
+  sample.mse_workdir, if set) | PixelCNN-decoder samples given its h. On an
+  MSE auto-encoder's own workdir: image | reconstruction.
+  """
+  trainer, state = restore(config, workdir)
+  model = trainer.model
+  if not isinstance(model, (models.PixelCNNAutoEncoder,
+                            models.MSEAutoEncoder)):
+    raise ValueError(
+        f'--mode=reconstruct needs an auto-encoder (model.name = '
+        f'pixelcnn_autoencoder or mse_autoencoder), not '
+        f'{config.model.name!r}.')
+  builder = input_pipeline.get_builder(config)
+  images, _ = generate.test_images(trainer, builder, config.sample.num_samples,
+                                   per_class=True)
+  params = generate.host_params(trainer.eval_params(state))
+  step = int(state.step)
+  if isinstance(model, models.MSEAutoEncoder):
+    grid = grids.make_grid(np.stack(
+        [images, mse_reconstruction(model, params, images)], axis=1))
+  else:
+    extra = []
+    if config.sample.mse_workdir:
+      run = conditioning.load_run(
+          config.sample.mse_workdir, 'MSE auto-encoder baseline',
+          'configs/fashion_mnist_autoencoder.py:mse')
+      if not isinstance(run.trainer.model, models.MSEAutoEncoder):
+        raise ValueError(f'sample.mse_workdir {config.sample.mse_workdir} '
+                         f'holds a {run.config.model.name!r} run, not an '
+                         'mse_autoencoder.')
+      extra.append(mse_reconstruction(
+          run.trainer.model, generate.host_params(run.params), images))
+    else:
+      logging.warning('sample.mse_workdir is not set: the figure has no MSE '
+                      'baseline column.')
+    grid = generate.conditional_grid(trainer, params, _rng(config, step),
+                                     images, config.sample.num_completions,
+                                     extra_columns=extra)
+  return generate.write_grid(_writer(workdir), workdir, step, 'reconstructions',
+                             grid)
+
+
+def mse_reconstruction(model, params, images) -> np.ndarray:
+  out = model.apply({'params': params}, jnp.asarray(images))
+  return np.asarray(jnp.clip(jnp.round(out), 0, 255), np.uint8)
+
+
+def _check_vector_conditioned(trainer, mode: str) -> None:
+  model = trainer.model
+  ok = isinstance(model, models.PixelCNNAutoEncoder) or (
+      trainer.conditioner.source == 'embedding')
+  if not ok:
+    raise ValueError(
+        f'--mode={mode} needs a model conditioned on an image\'s vector h: '
+        'an embedding-conditioned model (configs/fashion_mnist_embedding_'
+        'pixelcnn.py) or a PixelCNN auto-encoder; '
+        f'{trainer.config.model.name!r} with conditioning.source = '
+        f'{trainer.conditioner.source!r} is not.')
+
+
+def embed_sample_checkpoint(config: ml_collections.ConfigDict,
+                            workdir: str) -> str:
+  """--mode=embed_sample: new images from the h of unseen test images.
+
+  Rows of: a test image (one per class in turn) | sample.num_completions
+  samples given its embedding.
+  """
+  trainer, state = restore(config, workdir)
+  _check_vector_conditioned(trainer, 'embed_sample')
+  builder = input_pipeline.get_builder(config)
+  images, _ = generate.test_images(trainer, builder, config.sample.num_samples,
+                                   per_class=True)
+  step = int(state.step)
+  grid = generate.conditional_grid(
+      trainer, generate.host_params(trainer.eval_params(state)),
+      _rng(config, step), images, config.sample.num_completions)
+  return generate.write_grid(_writer(workdir), workdir, step, 'embed_samples',
+                             grid)
+
+
+def interpolate_checkpoint(config: ml_collections.ConfigDict,
+                           workdir: str) -> str:
+  """--mode=interpolate: samples along the line between the h of two test
+  images (sample.interpolate_pair, indices into the test split)."""
+  trainer, state = restore(config, workdir)
+  _check_vector_conditioned(trainer, 'interpolate')
+  a, b = config.sample.interpolate_pair
+  builder = input_pipeline.get_builder(config)
+  source = input_pipeline.open_split(builder, trainer.spec.eval_split)
+  for k in (a, b):
+    if not 0 <= k < len(source):
+      raise ValueError(f'sample.interpolate_pair = {(a, b)}: index {k} is not '
+                       f'in the test split (0..{len(source) - 1}).')
+  image_a, image_b = (ex['image'] for ex in source.__getitems__([a, b]))
+  step = int(state.step)
+  grid = generate.interpolation_grid(
+      trainer, generate.host_params(trainer.eval_params(state)),
+      _rng(config, step), image_a, image_b, config.sample.num_interpolations,
+      config.sample.num_completions)
+  return generate.write_grid(_writer(workdir), workdir, step,
+                             f'interpolation_{a}_{b}', grid)
 
 
 def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """--mode=complete: test images with their lower part sampled again."""
   trainer, state = restore(config, workdir)
+  if generate.is_conditioned_on_images(trainer.model) or not (
+      generate.can_sample(trainer)):
+    raise ValueError(
+        f'--mode=complete is for unconditional and class-conditional models; '
+        f'for {config.model.name!r} use --mode=sample (samples given the h '
+        'of test images).')
   H = trainer.spec.image_shape[0]
   num_rows = config.sample.observed_rows
   if num_rows is None:
@@ -77,6 +220,8 @@ def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   images = np.stack([ex['image'] for ex in examples])
   labels = (np.asarray([ex['label'] for ex in examples], np.int32)
             if trainer.model.num_classes else None)
+  f = config.get('subsample', 1)
+  images = images[:, ::f, ::f]
   step = int(state.step)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.sample.seed), step)
   grid = generate.completion_grid(

@@ -10,14 +10,21 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def log_prob(logits_BxHxWxCx256: Array, images_BxHxWxC: Array) -> Array:
-  """log p(x) in nats per image, float32 [B]: the sum of the sub-pixel terms."""
+def log_prob(logits_BxHxWxCx256: Array, images_BxHxWxC: Array,
+             mask_HxWxC: Array | None = None) -> Array:
+  """log p(x) in nats per image, float32 [B]: the sum of the sub-pixel terms.
+
+  With ``mask_HxWxC`` only the sub-pixels where it is 1 count (multi-scale:
+  the pixels the conditioning already fixes are not modelled again).
+  """
   if logits_BxHxWxCx256.shape[:-1] != images_BxHxWxC.shape:
     raise ValueError(f'logits {logits_BxHxWxCx256.shape} do not match images '
                      f'{images_BxHxWxC.shape} (expected images.shape + (256,)).')
   logp = jax.nn.log_softmax(logits_BxHxWxCx256.astype(jnp.float32), axis=-1)
   picked_BxHxWxC = jnp.take_along_axis(
       logp, images_BxHxWxC.astype(jnp.int32)[..., None], axis=-1)[..., 0]
+  if mask_HxWxC is not None:
+    picked_BxHxWxC = picked_BxHxWxC * mask_HxWxC[None]
   return picked_BxHxWxC.sum(axis=(1, 2, 3))
 
 

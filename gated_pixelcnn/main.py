@@ -2,7 +2,7 @@
 
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR \\
-      --mode=eval   # or sample, complete
+      --mode=eval   # or sample, complete, reconstruct, embed_sample, ...
   # any config value: --config.batch_size=64 --config.model.num_layers=12
 """
 
@@ -28,17 +28,27 @@ config_flags.DEFINE_config_file(
     'config', None, 'Training configuration (a configs/*.py file).',
     lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'complete'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'complete',
+                                    'reconstruct', 'embed_sample',
+                                    'interpolate'],
                   'train: train and evaluate, resuming from the newest '
-                  'checkpoint; eval: bits/dim of the newest checkpoint on the '
-                  'test split; sample: a grid of samples (sample.*); '
-                  'complete: test images with their lower half resampled.')
+                  'checkpoint; eval: bits/dim (or the model\'s metric) of the '
+                  'newest checkpoint on the test split; sample: a grid of '
+                  'samples (sample.*); complete: test images with their lower '
+                  'half resampled; reconstruct: auto-encoder figure (image | '
+                  'MSE reconstruction | PixelCNN samples given h); '
+                  'embed_sample: samples given the embedding of test images; '
+                  'interpolate: samples along the line between two test '
+                  'images\' h.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 MODES = {'train': train.train_and_evaluate,
          'eval': inference.evaluate_checkpoint,
          'sample': inference.sample_checkpoint,
-         'complete': inference.complete_checkpoint}
+         'complete': inference.complete_checkpoint,
+         'reconstruct': inference.reconstruct_checkpoint,
+         'embed_sample': inference.embed_sample_checkpoint,
+         'interpolate': inference.interpolate_checkpoint}
 
 
 class _QuietOrbax(std_logging.Filter):

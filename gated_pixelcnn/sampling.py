@@ -73,12 +73,15 @@ def sample(model, variables, rng: Array, *, num_samples: int,
 def complete(model, variables, rng: Array, images: Array, num_observed: int,
              *, method: str = 'cached', labels: Array | None = None,
              temperature: float = 1.0, cond_vector: Array | None = None,
-             cond_maps: Array | None = None) -> Array:
+             cond_maps: Array | None = None,
+             fixed: Array | None = None) -> Array:
   """Samples every sub-pixel after the first ``num_observed`` of each image.
 
   The leading ``num_observed`` sub-pixels (raster order, then channel) of
   ``images`` are kept exactly; use ``rows * W * C`` to observe whole rows.
-  Arguments and result as in `sample`; ``images`` are integers [B, H, W, C].
+  ``fixed``, bool [H, W, C], marks further sub-pixels kept from ``images``
+  (multi-scale: the pixels of the low-resolution image). Arguments and
+  result as in `sample`; ``images`` are integers [B, H, W, C].
   """
   images = jnp.asarray(images)
   if images.ndim != 4:
@@ -91,13 +94,19 @@ def complete(model, variables, rng: Array, images: Array, num_observed: int,
   if not 0 <= num_observed <= H * W * C:
     raise ValueError(f'num_observed = {num_observed} must be in 0..{H * W * C}'
                      f' (the number of sub-pixels per image).')
+  if fixed is None:
+    fixed = np.zeros((H, W, C), bool)
+  if np.shape(fixed) != (H, W, C):
+    raise ValueError(f'fixed must be a bool mask of shape {(H, W, C)}, got '
+                     f'{np.shape(fixed)}.')
   _check_conditioning_params(model, variables, labels, cond_vector, cond_maps)
   cond = {'labels': labels, 'cond_vector': cond_vector, 'cond_maps': cond_maps}
   cond = {k: v for k, v in cond.items() if v is not None}
   run = _naive if method == 'naive' else _cached
   out = run(model, variables, rng, images.astype(jnp.int32),
             jnp.asarray(num_observed, jnp.int32),
-            jnp.asarray(temperature, jnp.float32), temperature == 0, cond)
+            jnp.asarray(temperature, jnp.float32), temperature == 0, cond,
+            jnp.asarray(fixed, bool))
   return out.astype(jnp.uint8)
 
 
@@ -107,6 +116,24 @@ def complete_rows(model, variables, rng, images, num_rows: int, **kwargs):
   if not 0 <= num_rows <= H:
     raise ValueError(f'num_rows = {num_rows} must be in 0..{H}.')
   return complete(model, variables, rng, images, num_rows * W * C, **kwargs)
+
+
+def decoder_inputs(model, variables, h: Array, image_shape
+                   ) -> tuple[models.GatedPixelCNN, dict, dict[str, Array]]:
+  """The Gated PixelCNN inside a conditional model and its inputs for h.
+
+  For `models.ConditionalPixelCNN` and `models.PixelCNNAutoEncoder` (whose h
+  is ``model.apply(variables, images, method='encode')``): returns the
+  decoder module, its variables and its ``cond_vector`` / ``cond_maps`` =
+  m(h), ready for `sample` / `complete` with either method.
+  """
+  if not isinstance(model, models.ConditionalPixelCNN):
+    raise ValueError(f'{type(model).__name__} is not a conditional model.')
+  H, W, _ = image_shape
+  inputs = model.apply(variables, jnp.asarray(h), H, W,
+                       method='conditioning_inputs')
+  return (model.decoder_module(), {'params': variables['params']['decoder']},
+          inputs)
 
 
 def _check(model, method, image_shape, batch, labels, temperature,
@@ -162,13 +189,14 @@ def _draw(rng, t, logits_Bx256, temperature, greedy: bool) -> Array:
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _naive(model, variables, rng, canvas, num_observed, temperature, greedy,
-           cond):
+           cond, fixed):
   B, H, W, C = canvas.shape
 
   def step(t, canvas):
     i, j, c = t // (W * C), (t // C) % W, t % C
     logits = model.apply(variables, canvas, **cond)
     value = _draw(rng, t, logits[:, i, j, c], temperature, greedy)
+    value = jnp.where(fixed[i, j, c], canvas[:, i, j, c], value)
     return canvas.at[:, i, j, c].set(value)
 
   return jax.lax.fori_loop(num_observed, H * W * C, step, canvas)
@@ -242,7 +270,7 @@ def _layer_weights(model, params, l, h_BxD, dtype) -> _Layer:
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _cached(model, variables, rng, canvas, num_observed, temperature, greedy,
-            cond):
+            cond, fixed):
   """Rows, then pixels, then channels: caches as in the module docstring."""
   B, H, W, C = canvas.shape
   p, L = model.features, model.num_layers
@@ -326,7 +354,8 @@ def _cached(model, variables, rng, canvas, num_observed, temperature, greedy,
     logits = logits.reshape(B, C, models.NUM_VALUES)[:, c]
     t = (i * W + j) * C + c
     value = _draw(rng, t, logits, temperature, greedy)
-    value = jnp.where(t < num_observed, canvas[:, i, j, c], value)
+    value = jnp.where((t < num_observed) | fixed[i, j, c], canvas[:, i, j, c],
+                      value)
     return canvas.at[:, i, j, c].set(value), cache.replace(
         horizontal=horizontal)
 

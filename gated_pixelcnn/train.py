@@ -9,6 +9,7 @@ state is donated.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -30,6 +31,7 @@ import numpy as np
 import optax
 
 from gated_pixelcnn import checkpointing
+from gated_pixelcnn import conditioning
 from gated_pixelcnn import generate
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import likelihood
@@ -97,20 +99,41 @@ def validate_config(config: ml_collections.ConfigDict,
   check(0 <= config.warmup_steps, 'warmup_steps must be >= 0.')
   check(config.grad_clip_norm >= 0, 'grad_clip_norm must be >= 0 (0: off).')
   check(0 <= config.ema_decay < 1, 'ema_decay must be in [0, 1) (0: off).')
+  f = config.get('subsample', 1)
+  H, W, _ = spec.image_shape
+  check(f >= 1 and H % f == 0 and W % f == 0,
+        f'subsample = {f} must be >= 1 and divide the image size {H}x{W}.')
   check(config.model.num_channels == spec.image_shape[-1],
         f'model.num_channels = {config.model.num_channels} but '
         f'{config.dataset} images have {spec.image_shape[-1]} channel(s) '
         f'(shape {spec.image_shape}).')
-  check(config.model.num_classes in (0, spec.num_classes),
-        f'model.num_classes = {config.model.num_classes} but {config.dataset} '
+  num_classes = config.model.get('num_classes', 0)
+  check(num_classes in (0, spec.num_classes),
+        f'model.num_classes = {num_classes} but {config.dataset} '
         f'has {spec.num_classes or "no"} labels; use 0 (unconditional)'
         + (f' or {spec.num_classes}.' if spec.num_classes else '.'))
   model = models.create_model(config.model)  # checks the architecture
+  check(model.objective != 'triplet' or spec.num_classes,
+        f'the embedding network trains on labels; {config.dataset} has none.')
+  source = config.conditioning.source if 'conditioning' in config else ''
+  check(source in conditioning.SOURCES,
+        f'conditioning.source {source!r} is not one of {conditioning.SOURCES}.')
+  needs_source = isinstance(model, models.ConditionalPixelCNN) and not (
+      isinstance(model, models.PixelCNNAutoEncoder))
+  check(needs_source == bool(source),
+        f"model.name = {config.model.name!r} with conditioning.source = "
+        f"{source!r}: a conditional_pixelcnn needs a source ('embedding' or "
+        f"'subsample'); other models take none (set it to '').")
+  check(source != 'subsample' or model.conditioning == 'spatial',
+        "multi-scale conditions on a low-resolution image: set "
+        "model.conditioning = 'spatial'.")
   sample = config.sample
   check(sample.num_samples > 0, 'sample.num_samples must be > 0.')
   check(sample.method in ('naive', 'cached'),
         f"sample.method {sample.method!r} is not 'naive' or 'cached'.")
-  check(sample.method == 'naive' or isinstance(model, models.GatedPixelCNN),
+  check(sample.method == 'naive' or isinstance(
+      model, (models.GatedPixelCNN, models.ConditionalPixelCNN,
+              models.MSEAutoEncoder, models.EmbeddingNet)),
         f"sample.method='cached' needs model.name='gated_pixelcnn'; use "
         f"sample.method='naive' for {config.model.name!r}.")
   check(sample.temperature >= 0, 'sample.temperature must be >= 0.')
@@ -152,7 +175,65 @@ def create_optimizer(config) -> tuple[optax.GradientTransformation,
 
 
 def _model_kwargs(model, batch) -> dict[str, Any]:
-  return {'labels': batch['label']} if model.num_classes else {}
+  kwargs = {'labels': batch['label']} if model.num_classes else {}
+  if 'cond' in batch:
+    kwargs['cond'] = batch['cond']
+  return kwargs
+
+
+# What each model objective reports: the metric's name and the per-example
+# loss's unit (the metric is the mean per-example loss divided by it).
+METRICS = {'likelihood': 'bits_per_dim', 'mse': 'mse',
+           'triplet': 'triplet_loss'}
+TRIPLET_MARGIN = 0.2
+
+
+def metric_name(model) -> str:
+  return METRICS[model.objective]
+
+
+def _metric_scale(model, image_shape) -> float:
+  dims = math.prod(image_shape)
+  return {'likelihood': dims * math.log(2.0), 'mse': float(dims),
+          'triplet': 1.0}[model.objective]
+
+
+def triplet_losses(embeddings_BxD: jax.Array, labels_B: jax.Array,
+                   valid_B: jax.Array | None = None,
+                   margin: float = TRIPLET_MARGIN) -> jax.Array:
+  """Triplet loss per anchor, float32 [B], over all triplets in the batch.
+
+  For anchor a: the mean of relu(d(a, p) - d(a, n) + margin) over every
+  same-label p != a and other-label n of the batch ("batch all"; mining only
+  the hardest triplet collapses the embedding on this data). Anchors without
+  a positive or a negative, and invalid ones, get 0.
+  """
+  e = embeddings_BxD.astype(jnp.float32)
+  d2 = jnp.sum((e[:, None] - e[None, :])**2, axis=-1)
+  d = jnp.sqrt(jnp.maximum(d2, 1e-12))
+  B = e.shape[0]
+  valid = jnp.ones((B,), bool) if valid_B is None else valid_B.astype(bool)
+  pair = valid[:, None] & valid[None, :]
+  same = labels_B[:, None] == labels_B[None, :]
+  pos = same & ~jnp.eye(B, dtype=bool) & pair                   # [a, p]
+  neg = ~same & pair                                             # [a, n]
+  use = pos[:, :, None] & neg[:, None, :]                        # [a, p, n]
+  hinge = jax.nn.relu(d[:, :, None] - d[:, None, :] + margin)
+  total = jnp.sum(jnp.where(use, hinge, 0.0), axis=(1, 2))
+  count = jnp.sum(use, axis=(1, 2))
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
+
+
+def per_example_loss(model, params, batch, nll_mask=None) -> jax.Array:
+  """float32 [B]: nats (likelihood), squared error summed over the image
+  in pixel units (mse) or the triplet loss (triplet)."""
+  images = batch['image']
+  out = model.apply({'params': params}, images, **_model_kwargs(model, batch))
+  if model.objective == 'likelihood':
+    return -likelihood.log_prob(out, images, nll_mask)
+  if model.objective == 'mse':
+    return jnp.sum((out - images.astype(jnp.float32))**2, axis=(1, 2, 3))
+  return triplet_losses(out, batch['label'], batch.get('mask'))
 
 
 def _microbatches(batch: dict[str, jax.Array], num: int) -> dict[str, jax.Array]:
@@ -169,9 +250,10 @@ def _microbatches(batch: dict[str, jax.Array], num: int) -> dict[str, jax.Array]
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx,
-               schedule, ema_decay: float, microbatches: int = 1
-               ) -> tuple[TrainState, dict]:
-  """One update on the mean bits/dim of the (global) batch.
+               schedule, ema_decay: float, microbatches: int = 1,
+               nll_mask=None) -> tuple[TrainState, dict]:
+  """One update on the mean loss (bits/dim for likelihood models) of the
+  (global) batch; ``nll_mask`` [H, W, C] leaves given sub-pixels out.
 
   With ``microbatches`` > 1 the batch is processed in that many equal parts,
   unrolled, and their gradients averaged: the same update. On CPUs each
@@ -179,11 +261,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx,
   the parts together, so it does not lower peak memory.
   """
 
+  scale = _metric_scale(model, batch['image'].shape[1:])
+
   def loss_fn(params, part):
-    images = part['image']
-    logits = model.apply({'params': params}, images,
-                         **_model_kwargs(model, part))
-    return likelihood.bits_per_dim(logits, images).mean()
+    return per_example_loss(model, params, part, nll_mask).mean() / scale
 
   if microbatches == 1:
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
@@ -203,20 +284,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx,
   ema = state.ema_params
   if ema is not None:
     ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
-  metrics = {'bits_per_dim': loss, 'grad_norm': optax.tree.norm(grads),
+  metrics = {metric_name(model): loss, 'grad_norm': optax.tree.norm(grads),
              'learning_rate': schedule(state.step)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state, ema_params=ema), metrics
 
 
-def eval_step(params, batch: dict[str, jax.Array], *, model) -> dict:
-  """Sum of nats and number of real (unmasked) images in the batch."""
-  images = batch['image']
-  logits = model.apply({'params': params}, images,
-                       **_model_kwargs(model, batch))
-  nats = -likelihood.log_prob(logits, images)
+def eval_step(params, batch: dict[str, jax.Array], *, model,
+              nll_mask=None) -> dict:
+  """Sum of per-example losses (nats for likelihood models) and number of
+  real (unmasked) images in the batch."""
+  losses = per_example_loss(model, params, batch, nll_mask)
   mask = batch['mask']
-  return {'nats': jnp.where(mask, nats, 0.0).sum(),
+  return {'total': jnp.where(mask, losses, 0.0).sum(),
           'count': mask.sum().astype(jnp.int32)}
 
 
@@ -314,10 +394,22 @@ class Trainer:
 
   def __init__(self, config, mesh: jax.sharding.Mesh | None = None):
     self.config = config
-    self.spec = validate_config(
+    # The dataset's spec, and the model's (images subsampled by
+    # config.subsample, e.g. the low-resolution model of multi-scale).
+    self.data_spec = validate_config(
         config, num_devices=mesh.size if mesh is not None else None)
+    f = config.get('subsample', 1)
+    H, W, C = self.data_spec.image_shape
+    self.spec = dataclasses.replace(self.data_spec,
+                                    image_shape=(H // f, W // f, C))
     self.mesh = mesh if mesh is not None else make_mesh()
     self.model = models.create_model(config.model)
+    self.metric = metric_name(self.model)
+    self.with_labels = bool(self.model.num_classes) or (
+        self.model.objective == 'triplet')
+    # Loads the run this model is conditioned on, if any (clear errors first).
+    self.conditioner = conditioning.Conditioner(config, self.spec.image_shape)
+    nll_mask = self.conditioner.nll_mask(self.spec.image_shape)
     self.tx, self.schedule = create_optimizer(config)
     self.microbatches = num_microbatches(
         config, self.mesh.size, self.spec.image_shape,
@@ -339,12 +431,12 @@ class Trainer:
         functools.partial(train_step, model=self.model, tx=self.tx,
                           schedule=self.schedule,
                           ema_decay=config.ema_decay,
-                          microbatches=self.microbatches),
+                          microbatches=self.microbatches, nll_mask=nll_mask),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, replicated),
         donate_argnums=0)
     self.eval_step = jax.jit(
-        functools.partial(eval_step, model=self.model),
+        functools.partial(eval_step, model=self.model, nll_mask=nll_mask),
         in_shardings=(self.state_sharding.params, self.batch_sharding),
         out_shardings=replicated)
 
@@ -353,6 +445,8 @@ class Trainer:
     H, W, C = self.spec.image_shape
     batch = {'image': jnp.zeros((1, H, W, C), jnp.int32),
              'label': jnp.zeros((1,), jnp.int32)}
+    if self.conditioner.example is not None:
+      batch['cond'] = self.conditioner.example
     params = self.model.init(init_rng, batch['image'],
                              **_model_kwargs(self.model, batch))['params']
     ema = params if self.config.ema_decay else None
@@ -361,14 +455,20 @@ class Trainer:
                       rng=state_rng)
 
   def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """The global batch from this process's part (see input_pipeline)."""
-    expected = self.spec.image_shape
+    """The global batch from this process's part (see input_pipeline), with
+    images subsampled by config.subsample and the conditioning input."""
+    expected = self.data_spec.image_shape
     if local['image'].shape[1:] != expected:
       raise ValueError(
           f'{self.config.dataset} images have shape {local["image"].shape[1:]}'
           f', expected {expected}; the prepared data does not match the spec.')
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
-            for k, v in local.items()}
+    f = self.config.get('subsample', 1)
+    if f > 1:
+      local = {**local, 'image': np.ascontiguousarray(
+          local['image'][:, ::f, ::f])}
+    batch = {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+             for k, v in local.items()}
+    return self.conditioner.add(batch)
 
   def eval_params(self, state: TrainState):
     return state.ema_params if state.ema_params is not None else state.params
@@ -376,33 +476,35 @@ class Trainer:
   def evaluate_split(self, params, builder) -> dict[str, float]:
     """Exact bits/dim of the dataset's whole eval split."""
     split = self.spec.eval_split
-    return self.evaluate(params, input_pipeline.open_split(builder, split),
-                         builder.info.splits[split].num_examples,
-                         self.config.eval_batch_size)
+    metrics = self.evaluate(params, input_pipeline.open_split(builder, split),
+                            builder.info.splits[split].num_examples,
+                            self.config.eval_batch_size)
+    metrics.update(self.conditioner.extra_eval(metrics, builder,
+                                               self.spec.image_shape))
+    return metrics
 
   def evaluate(self, params, source, split_size: int,
                batch_size: int) -> dict[str, float]:
-    """Exact bits/dim of a whole split: total nats / (N * H * W * C * ln 2).
+    """The exact metric of a whole split, e.g. bits/dim = total nats /
+    (N * H * W * C * ln 2) (MSE per sub-pixel, triplet loss per image).
 
     ``source`` is this process's part of a split of ``split_size`` examples;
     every process runs the same number of steps, padding with masked images.
     """
     local = batch_size // jax.process_count()
     num_batches = input_pipeline.num_eval_batches(split_size, local)
-    nats, count = 0.0, 0
-    with_labels = bool(self.model.num_classes)
+    total, count = 0.0, 0
     for batch in input_pipeline.eval_batches(source, local, num_batches,
-                                             with_labels,
-                                             self.spec.image_shape):
+                                             self.with_labels,
+                                             self.data_spec.image_shape):
       out = jax.device_get(self.eval_step(params, self.global_batch(batch)))
-      nats += float(out['nats'])
+      total += float(out['total'])
       count += int(out['count'])
-    dims = math.prod(self.spec.image_shape)
     if count != split_size:
       raise RuntimeError(f'evaluated {count} examples of a split of '
                          f'{split_size}.')
-    return {'bits_per_dim': nats / (count * dims * math.log(2)),
-            'num_examples': count}
+    scale = _metric_scale(self.model, self.spec.image_shape)
+    return {self.metric: total / (count * scale), 'num_examples': count}
 
 
 # ---------------------------------------------------------------- the loop
@@ -464,7 +566,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   trainer = Trainer(config)
   builder = input_pipeline.get_builder(config)
   spec = trainer.spec
-  with_labels = bool(config.model.num_classes)
+  with_labels = trainer.with_labels
   train_source = input_pipeline.open_split(builder, spec.train_split)
 
   manager = checkpointing.create_manager(workdir, config.max_to_keep)
@@ -481,6 +583,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
+  conditioning.write_config(workdir, config)
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
     parameter_overview.log_parameter_overview(state.params)
@@ -510,15 +613,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with report.timed('eval'):
       eval_metrics = trainer.evaluate_split(trainer.eval_params(state),
                                             builder)
-    writer.write_scalars(step, {'eval/bits_per_dim':
-                                eval_metrics['bits_per_dim']})
+    writer.write_scalars(step, eval_scalars(eval_metrics))
     writer.flush()
-    if config.sample.during_training:
+    if config.sample.during_training and generate.can_sample(trainer):
       with report.timed('sample'):
-        grid = generate.sample_grid(
-            trainer.model, generate.host_params(trainer.eval_params(state)),
-            jax.random.fold_in(state.rng, step), spec.image_shape,
-            config.sample)
+        grid = generate.training_grid(
+            trainer, generate.host_params(trainer.eval_params(state)),
+            jax.random.fold_in(state.rng, step), builder)
         generate.write_grid(writer, workdir, step, 'samples', grid)
 
   step = start_step
@@ -546,7 +647,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         stop = requested or manager.reached_preemption(step)
         is_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
         if is_sync or is_ckpt:
-          window += _fetch_and_check(pending, step, manager)
+          window += _fetch_and_check(pending, step, manager, trainer.metric)
           pending = []
         if window and (is_log or stop):
           writer.write_scalars(step, {
@@ -577,18 +678,24 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
-def _fetch_and_check(pending, step, manager) -> list[dict[str, float]]:
+def eval_scalars(metrics: dict[str, float]) -> dict[str, float]:
+  """TensorBoard scalars of eval metrics: eval/bits_per_dim, ..."""
+  return {f'eval/{k}': v for k, v in metrics.items() if k != 'num_examples'}
+
+
+def _fetch_and_check(pending, step, manager, key: str = 'bits_per_dim'
+                     ) -> list[dict[str, float]]:
   """Host copies of the pending metrics; raises on a non-finite loss."""
   host = jax.device_get(pending)
   first = step - len(host) + 1
   for i, m in enumerate(host):
-    if not np.isfinite(m['bits_per_dim']):
+    if not np.isfinite(m[key]):
       last = manager.latest_step()
       where = (f'the last good checkpoint is step {last} in '
                f'{manager.directory}' if last is not None
                else 'no checkpoint was written yet')
       raise NonFiniteLossError(
-          f'loss is {m["bits_per_dim"]} at step {first + i}; stopped before '
+          f'loss is {m[key]} at step {first + i}; stopped before '
           f'saving it ({where}). Lower learning_rate or set grad_clip_norm, '
           f'then rerun to resume from that checkpoint.')
   return [{k: float(v) for k, v in m.items()} for m in host]
