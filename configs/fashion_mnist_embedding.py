@@ -21,11 +21,12 @@ def get_config():
   model.embedding_dim = 32
   config.model = model
   config.batch_size = 128         # about 13 images per class
-  config.eval_batch_size = 250
+  config.eval_batch_size = 256
   config.num_train_steps = 1_500
   config.optimizer = 'adam'
   config.learning_rate = 1e-3
   config.eval_every_steps = 500
-  config.microbatches = 1         # the triplets are mined in the whole batch
+  # The triplets are mined in the whole batch: never split it (0 means 1).
+  config.microbatches = 1
   config.sample.during_training = False
   return config

@@ -50,13 +50,16 @@ def _move_aside(workdir: str, step: int) -> epath.Path:
 
 
 def restore_latest(manager: ocp.CheckpointManager, workdir: str,
-                   abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+                   abstract_state: Any, read_only: bool = False
+                   ) -> tuple[Any, dict[str, Any]] | None:
   """Restores the newest readable checkpoint, or None if there is none.
 
   A checkpoint that cannot be read is reported by path and moved to
   WORKDIR/checkpoints_corrupt/ (never deleted) so that training continues
   from the previous one; if no checkpoint is readable, raises CheckpointError
-  and leaves every file where it is.
+  and leaves every file where it is. ``read_only`` (reading another run,
+  e.g. the one a conditional model depends on): unreadable checkpoints are
+  reported but never moved.
   """
   manager.reload()
   steps = sorted(manager.all_steps(), reverse=True)
@@ -70,19 +73,27 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str,
       failures.append((step, e))
       continue
     for bad_step, error in failures:
+      if read_only:
+        logging.warning('Checkpoint %s is unreadable (%s: %s); using step %d '
+                        'of that run instead.',
+                        checkpoint_dir(workdir) / str(bad_step),
+                        type(error).__name__, error, step)
+        continue
       dst = _move_aside(workdir, bad_step)
       logging.warning(
           'Checkpoint %s is unreadable (%s: %s); moved it to %s and resumed '
           'from step %d instead.', checkpoint_dir(workdir) / str(bad_step),
           type(error).__name__, error, dst, step)
-    if failures:
+    if failures and not read_only:
       manager.reload()
     return restored['state'], dict(restored['meta'])
   if failures:
     listing = '\n'.join(f'  {checkpoint_dir(workdir) / str(s)}: '
                         f'{type(e).__name__}: {e}' for s, e in failures)
+    fix = ('train that run again, or point to another one.' if read_only else
+           'Move these folders elsewhere to start training from scratch in '
+           'this workdir, or point --workdir at a fresh folder.')
     raise CheckpointError(
         f'no checkpoint in {checkpoint_dir(workdir)} can be read:\n{listing}\n'
-        f'Move these folders elsewhere to start training from scratch in this '
-        f'workdir, or point --workdir at a fresh folder.')
+        + fix)
   return None

@@ -54,8 +54,9 @@ def read_config(workdir: str | None, what: str, hint: str
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise checkpointing.CheckpointError(
-        f'{path} not found: {workdir} holds no trained run for the {what}. '
-        f'Train it first: python -m gated_pixelcnn.main --config={hint} '
+        f'{path} not found: {workdir} holds no run of the {what} (runs write '
+        f'config.json when training starts; runs older than that lack it). '
+        f'Train it: python -m gated_pixelcnn.main --config={hint} '
         f'--workdir={workdir}')
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -78,7 +79,7 @@ def load_run(workdir: str | None, what: str, hint: str) -> Run:
   """Config, trainer and newest checkpoint's params of the run in workdir."""
   from gated_pixelcnn import inference  # pylint: disable=g-import-not-at-top
   config = read_config(workdir, what, hint)
-  trainer, state = inference.restore(config, workdir)
+  trainer, state = inference.restore(config, workdir, read_only=True)
   return Run(config, trainer, trainer.eval_params(state), int(state.step))
 
 
@@ -110,12 +111,14 @@ class Conditioner:
       self.run = load_run(cond.workdir, 'low-resolution model',
                           'configs/fashion_mnist_multiscale.py:low')
       low = self.run.config
-      if low.subsample <= 1 or low.model.name != 'gated_pixelcnn':
+      if (low.subsample <= 1 or low.model.name != 'gated_pixelcnn' or
+          low.model.get('num_classes', 0)):
         raise ValueError(
             f'bad config: conditioning.workdir {cond.workdir} holds a '
-            f'{low.model.name!r} run with subsample = {low.subsample}; '
-            'multi-scale needs an unconditional gated_pixelcnn trained on '
-            'subsampled images (subsample > 1).')
+            f'{low.model.name!r} run with subsample = {low.subsample} and '
+            f'num_classes = {low.model.get("num_classes", 0)}; multi-scale '
+            'needs an unconditional gated_pixelcnn trained on subsampled '
+            'images (subsample > 1).')
       self._check_same_images(config, cond.workdir)
       self.factor = f = low.subsample
       self.example = jnp.zeros((1, H // f, W // f, C), jnp.int32)

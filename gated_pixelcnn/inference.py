@@ -19,14 +19,16 @@ from gated_pixelcnn import models
 from gated_pixelcnn import train
 
 
-def restore(config: ml_collections.ConfigDict, workdir: str
-            ) -> tuple[train.Trainer, train.TrainState]:
-  """The trainer for ``config`` and the newest readable state in ``workdir``."""
+def restore(config: ml_collections.ConfigDict, workdir: str,
+            read_only: bool = False) -> tuple[train.Trainer, train.TrainState]:
+  """The trainer for ``config`` and the newest readable state in ``workdir``
+  (``read_only``: see `checkpointing.restore_latest`)."""
   trainer = train.Trainer(config)
   manager = checkpointing.create_manager(workdir, config.max_to_keep)
   try:
     restored = checkpointing.restore_latest(manager, workdir,
-                                            trainer.abstract_state)
+                                            trainer.abstract_state,
+                                            read_only=read_only)
   finally:
     manager.close()
   if restored is None:

@@ -24,7 +24,7 @@ def log_prob(logits_BxHxWxCx256: Array, images_BxHxWxC: Array,
   picked_BxHxWxC = jnp.take_along_axis(
       logp, images_BxHxWxC.astype(jnp.int32)[..., None], axis=-1)[..., 0]
   if mask_HxWxC is not None:
-    picked_BxHxWxC = picked_BxHxWxC * mask_HxWxC[None]
+    picked_BxHxWxC = jnp.where(mask_HxWxC[None] > 0, picked_BxHxWxC, 0.0)
   return picked_BxHxWxC.sum(axis=(1, 2, 3))
 
 

@@ -115,6 +115,9 @@ def validate_config(config: ml_collections.ConfigDict,
   model = models.create_model(config.model)  # checks the architecture
   check(model.objective != 'triplet' or spec.num_classes,
         f'the embedding network trains on labels; {config.dataset} has none.')
+  check(model.objective != 'triplet' or config.microbatches in (0, 1),
+        'the triplet loss mines triplets in the whole batch: set '
+        'microbatches = 1 (or 0).')
   source = config.conditioning.source if 'conditioning' in config else ''
   check(source in conditioning.SOURCES,
         f'conditioning.source {source!r} is not one of {conditioning.SOURCES}.')
@@ -316,6 +319,8 @@ def num_microbatches(config, num_devices: int, image_shape,
   CPU_MICROBATCH_PIXELS pixels, elsewhere 1."""
   if config.microbatches:
     return config.microbatches
+  if config.model.name == 'embedding_net':
+    return 1  # the triplet loss mines triplets in the whole batch
   per_device = max(1, config.batch_size // num_devices)
   if platform != 'cpu':
     return 1

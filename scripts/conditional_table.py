@@ -33,7 +33,7 @@ def main(runs):
     r = json.loads(path.read_text())
     if 'eval/bits_per_dim_total' in r:
       value = (f"{r['eval/bits_per_dim_total']:.3f} bits/dim (14x14: "
-               f"{r['eval/bits_per_dim_low_res']:.3f}, rest given it: "
+               f"{r['eval/bits_per_dim_low_res']:.3f}, rest given it, over all 784 dims: "
                f"{r['eval/bits_per_dim']:.3f})")
     elif 'eval/bits_per_dim' in r:
       value = f"{r['eval/bits_per_dim']:.3f} bits/dim"

@@ -24,6 +24,7 @@ from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
 from tests import test_causality
+from tests import test_train
 
 SMALL = dict(num_layers=2, features=6, kernel_size=3, first_kernel_size=3,
              head_features=6)
@@ -248,8 +249,12 @@ def test_bad_conditioning_inputs():
     model.apply(variables, images)
   with pytest.raises(ValueError, match='3 rows for 2 images'):
     model.apply(variables, images, cond=jnp.zeros((3, 8)))
-  with pytest.raises(ValueError, match="conditioning='spatial'"):
+  with pytest.raises(ValueError, match=r'shape \(3, 3, 1\) but .* 8-dim '
+                     'vector h'):
     model.apply(variables, images, cond=jnp.zeros((2, 3, 3, 1), jnp.int32))
+  with pytest.raises(ValueError, match="conditioning='spatial'"):
+    model.init(jax.random.PRNGKey(0), images,
+               cond=jnp.zeros((2, 3, 3, 1), jnp.int32))
   spatial = models.ConditionalPixelCNN(**SMALL, conditioning='spatial')
   variables = spatial.init(jax.random.PRNGKey(0), images,
                            cond=jnp.zeros((2, 3, 3, 1), jnp.int32))
@@ -316,6 +321,12 @@ def test_conditioning_run_must_exist_and_fit(fake_config, tmp_path):
   config.conditioning.workdir = plain
   with pytest.raises(ValueError, match='not an embedding network'):
     train.Trainer(config)
+  # Reading another run never moves its files: a corrupt newest checkpoint
+  # is skipped, not moved aside.
+  test_train._corrupt(checkpointing.checkpoint_dir(plain) / '4')
+  run = conditioning.load_run(plain, 'test run', 'configs/test.py')
+  assert run.step == 2
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(plain))) == ['2', '4']
   # Modes that need another kind of model say so.
   with pytest.raises(ValueError, match='needs an auto-encoder'):
     inference.reconstruct_checkpoint(fake_config, plain)
