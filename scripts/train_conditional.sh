@@ -66,5 +66,6 @@ main --config=configs/fashion_mnist_embedding_pixelcnn.py \
   --mode=embed_sample
 main --config=configs/fashion_mnist_embedding_pixelcnn.py \
   --workdir="$runs/embedding_pixelcnn" --config.conditioning.workdir="$runs/embedding" \
-  --mode=interpolate --config.sample.num_completions=3
+  --mode=interpolate --config.sample.num_completions=3 \
+  --config.sample.interpolate_pair='(0, 2)'   # a coat and an ankle boot
 .venv/bin/python scripts/conditional_table.py "$runs"
