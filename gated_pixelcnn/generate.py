@@ -199,15 +199,18 @@ def multiscale_grid(trainer, params, rng, num_rows: int, num_samples: int
   canvas[:, ::f, ::f] = low
   batch = np.repeat(canvas, num_samples, axis=0)
   samples = sample_given(trainer, params, high_rng,
-                         jnp.asarray(batch[:, ::f, ::f]), batch)
+                         conditioning_of(trainer, params, batch), batch)
   enlarged = low.repeat(f, axis=1).repeat(f, axis=2)[:, :H, :W]
   return grids.make_grid(np.concatenate(
       [enlarged[:, None], samples.reshape(num_rows, num_samples, H, W, C)],
       axis=1))
 
 
-def training_grid(trainer, params, rng, builder) -> np.ndarray:
-  """The grid written at every evaluation during training."""
+def samples_grid(trainer, params, rng, builder) -> np.ndarray:
+  """The samples written at every evaluation during training (and by
+  --mode=sample, except for multi-scale): unconditional or one row per
+  class, or for models conditioned on images, test images | samples given
+  their h."""
   sample_config = trainer.config.sample
   if is_conditioned_on_images(trainer.model):
     images, _ = test_images(trainer, builder, sample_config.num_samples,

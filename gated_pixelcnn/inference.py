@@ -73,18 +73,13 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   step = int(state.step)
   rng = _rng(config, step)
   params = generate.host_params(trainer.eval_params(state))
-  n = config.sample.num_samples
   if trainer.conditioner.source == 'subsample':
-    grid = generate.multiscale_grid(trainer, params, rng, n,
+    grid = generate.multiscale_grid(trainer, params, rng,
+                                    config.sample.num_samples,
                                     config.sample.num_completions)
-  elif generate.is_conditioned_on_images(trainer.model):
-    images, _ = generate.test_images(trainer, input_pipeline.get_builder(
-        config), n, per_class=True)
-    grid = generate.conditional_grid(trainer, params, rng, images,
-                                     config.sample.num_completions)
   else:
-    grid = generate.sample_grid(trainer.model, params, rng,
-                                trainer.spec.image_shape, config.sample)
+    grid = generate.samples_grid(trainer, params, rng,
+                                 input_pipeline.get_builder(config))
   name = f'samples_{config.sample.method}_t{config.sample.temperature:g}'
   return generate.write_grid(_writer(workdir), workdir, step, name, grid)
 
@@ -166,13 +161,10 @@ def embed_sample_checkpoint(config: ml_collections.ConfigDict,
   """
   trainer, state = restore(config, workdir)
   _check_vector_conditioned(trainer, 'embed_sample')
-  builder = input_pipeline.get_builder(config)
-  images, _ = generate.test_images(trainer, builder, config.sample.num_samples,
-                                   per_class=True)
   step = int(state.step)
-  grid = generate.conditional_grid(
+  grid = generate.samples_grid(
       trainer, generate.host_params(trainer.eval_params(state)),
-      _rng(config, step), images, config.sample.num_completions)
+      _rng(config, step), input_pipeline.get_builder(config))
   return generate.write_grid(_writer(workdir), workdir, step, 'embed_samples',
                              grid)
 
@@ -215,19 +207,15 @@ def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
     num_rows = H // 2
   if not 0 <= num_rows <= H:
     raise ValueError(f'sample.observed_rows = {num_rows} must be in 0..{H}.')
-  builder = input_pipeline.get_builder(config)
-  source = input_pipeline.open_split(builder, trainer.spec.eval_split)
-  n = min(config.sample.num_samples, len(source))
-  examples = source.__getitems__(list(range(n)))
-  images = np.stack([ex['image'] for ex in examples])
-  labels = (np.asarray([ex['label'] for ex in examples], np.int32)
-            if trainer.model.num_classes else None)
+  images, labels = generate.test_images(
+      trainer, input_pipeline.get_builder(config), config.sample.num_samples)
   f = config.get('subsample', 1)
   images = images[:, ::f, ::f]
   step = int(state.step)
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.sample.seed), step)
   grid = generate.completion_grid(
-      trainer.model, generate.host_params(trainer.eval_params(state)), rng, images,
-      labels, num_rows, config.sample.num_completions, config.sample)
+      trainer.model, generate.host_params(trainer.eval_params(state)),
+      _rng(config, step), images,
+      labels if trainer.model.num_classes else None, num_rows,
+      config.sample.num_completions, config.sample)
   return generate.write_grid(_writer(workdir), workdir, step, 'completions',
                              grid)

@@ -622,7 +622,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.flush()
     if config.sample.during_training and generate.can_sample(trainer):
       with report.timed('sample'):
-        grid = generate.training_grid(
+        grid = generate.samples_grid(
             trainer, generate.host_params(trainer.eval_params(state)),
             jax.random.fold_in(state.rng, step), builder)
         generate.write_grid(writer, workdir, step, 'samples', grid)
