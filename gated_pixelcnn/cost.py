@@ -115,3 +115,104 @@ def measured_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     jax.block_until_ready(f(a, a))
     best = min(best, time.perf_counter() - start)
   return 2 * n**3 / best / 1e9
+
+
+# ------------------------------------------------------ what a run costs
+
+# Peak dense bfloat16 FLOP/s of one device (chip) from the vendors' spec
+# sheets, and Google Cloud on-demand list prices in USD per chip-hour
+# (us-central regions, 2025; check cloud.google.com/tpu/pricing before
+# spending). GPU prices vary too much by provider to list: pass --price.
+ACCELERATORS = {
+    'tpu-v4': (275e12, 3.22),
+    'tpu-v5e': (197e12, 1.20),
+    'tpu-v5p': (459e12, 4.20),
+    'tpu-v6e': (918e12, 2.70),
+    'a100': (312e12, None),
+    'h100': (989e12, None),
+}
+
+# Images in the eval split of each dataset (for the cost of evaluations).
+EVAL_EXAMPLES = {
+    'downsampled_imagenet/64x64': 50_000,
+    'downsampled_imagenet/32x32': 50_000,
+    'cifar10': 10_000,
+    'fashion_mnist': 10_000,
+    'mnist': 10_000,
+}
+
+
+def training_estimate(config, image_shape, num_devices: int,
+                      peak_flops: float, utilization: float,
+                      price_per_device_hour: float | None = None
+                      ) -> dict[str, float]:
+  """Time and cost of ``config``'s whole run from the cost model.
+
+  FLOPs = steps * batch * train FLOPs per image, plus the forward passes of
+  every evaluation (one per eval_every_steps and one at the end) over the
+  eval split. Time = FLOPs / (devices * peak * utilization), where
+  utilization (the fraction of peak the step achieves, "MFU") is an
+  assumption the caller states; sampling and input are not counted.
+  """
+  if num_devices < 1 or peak_flops <= 0 or not 0 < utilization <= 1:
+    raise ValueError('need devices >= 1, peak > 0 and 0 < utilization <= 1.')
+  per_image = flops_per_image(config.model, image_shape)
+  train = config.num_train_steps * config.batch_size * per_image['train']
+  num_evals = config.num_train_steps // config.eval_every_steps + 1
+  evals = (num_evals * EVAL_EXAMPLES.get(config.dataset, 0) *
+           per_image['forward'])
+  seconds = (train + evals) / (num_devices * peak_flops * utilization)
+  out = {'train_flops': train, 'eval_flops': evals,
+         'total_flops': train + evals, 'hours': seconds / 3600,
+         'device_hours': num_devices * seconds / 3600}
+  if price_per_device_hour is not None:
+    out['usd'] = out['device_hours'] * price_per_device_hour
+  return out
+
+
+def main(argv):
+  """python -m gated_pixelcnn.cost --config=configs/imagenet64.py \\
+      --accelerator=tpu-v5e --devices=32 [--utilization=0.25,0.5]"""
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import input_pipeline  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  config = f.config
+  peak, price = ACCELERATORS[f.accelerator]
+  peak = f.peak_tflops * 1e12 if f.peak_tflops else peak
+  price = f.price if f.price is not None else price
+  shape = input_pipeline.get_spec(config.dataset).image_shape
+  f_sub = config.get('subsample', 1)
+  shape = (shape[0] // f_sub, shape[1] // f_sub, shape[2])
+  per_image = flops_per_image(config.model, shape)
+  print(f'{config.dataset} {shape}, {config.model.num_layers} layers x '
+        f'{config.model.features}, batch {config.batch_size}, '
+        f'{config.num_train_steps:,} steps')
+  print(f'per image: {per_image["forward"] / 1e9:.1f} GFLOP forward, '
+        f'{per_image["train"] / 1e9:.1f} GFLOP train step')
+  print(f'{f.devices} x {f.accelerator} at {peak / 1e12:.0f} TFLOP/s peak '
+        f'(bf16), price {"$%.2f" % price if price else "not given"} per '
+        f'device-hour')
+  for u in f.utilization:
+    est = training_estimate(config, shape, f.devices, peak, float(u), price)
+    cost = f', ${est["usd"]:,.0f}' if 'usd' in est else ''
+    print(f'utilization {float(u):.0%}: {est["total_flops"]:.3g} FLOPs '
+          f'({est["eval_flops"] / est["total_flops"]:.1%} eval) -> '
+          f'{est["hours"]:.1f} h, {est["device_hours"]:,.0f} device-hours'
+          f'{cost}')
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.')
+  flags.DEFINE_enum('accelerator', 'tpu-v5e', sorted(ACCELERATORS),
+                    'Device kind (sets peak FLOP/s and list price).')
+  flags.DEFINE_integer('devices', 32, 'Number of devices (chips).')
+  flags.DEFINE_list('utilization', ['0.25', '0.5'],
+                    'Assumed fractions of peak the train step reaches.')
+  flags.DEFINE_float('peak_tflops', None, 'Override the peak TFLOP/s.')
+  flags.DEFINE_float('price', None, 'USD per device-hour (overrides).')
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -108,7 +108,8 @@ def test_images(trainer, builder, n: int, per_class: bool = False
                 ) -> tuple[np.ndarray, np.ndarray | None]:
   """The first ``n`` images of the eval split (and labels where the dataset
   has them); ``per_class``: the first of each class in turn (0, 1, 2, ...)."""
-  source = input_pipeline.open_split(builder, trainer.spec.eval_split)
+  source = input_pipeline.open_split(builder, trainer.spec.eval_split,
+                                    per_process=False)
   has_labels = bool(trainer.data_spec.num_classes)
   if per_class and has_labels:
     scan = source.__getitems__(list(range(min(len(source), 50 * n))))

@@ -177,7 +177,8 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
   _check_vector_conditioned(trainer, 'interpolate')
   a, b = config.sample.interpolate_pair
   builder = input_pipeline.get_builder(config)
-  source = input_pipeline.open_split(builder, trainer.spec.eval_split)
+  source = input_pipeline.open_split(builder, trainer.spec.eval_split,
+                                    per_process=False)
   for k in (a, b):
     if not 0 <= k < len(source):
       raise ValueError(f'sample.interpolate_pair = {(a, b)}: index {k} is not '

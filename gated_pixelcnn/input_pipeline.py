@@ -1,13 +1,18 @@
 """Input pipeline: TFDS random-access sources, deterministic stateless batches.
 
-Each process reads its own part of a split (`tfds.split_for_jax_process`)
-through a TFDS data source (array_record random access). The training batch
-at step ``s`` is a pure function of (seed, process part, s): epoch ``e`` of a
-process's part is a permutation drawn from ``(seed, e)``, and the stream of
-examples is cut into local batches in order. The data position is therefore
-the step itself, and a resumed run sees exactly the batches an uninterrupted
-run would. Global batches are assembled from the local ones with
-`jax.make_array_from_process_local_data` in train.py.
+Training reads the whole train split through a TFDS data source (array_record
+random access). The global batch at step ``s`` is a pure function of
+(seed, s): epoch ``e`` is a permutation of the split drawn from ``(seed, e)``
+and the stream of examples is cut into global batches in order; process
+``p`` of ``P`` reads only rows ``[p B/P, (p+1) B/P)`` of each. So the data
+position is the step itself (a resumed run sees exactly the batches an
+uninterrupted run would), and the batches do not depend on how many
+processes share them: a run resumed on a different number of hosts, or one
+process with 8 devices vs two with 4 each, trains on the same data. The
+global arrays are assembled from the local rows with
+`jax.make_array_from_process_local_data` in train.py. Evaluation sums over
+a split, so there each process reads its own part
+(`tfds.split_for_jax_process`).
 """
 
 from __future__ import annotations
@@ -104,10 +109,13 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
       f'the files; or --config.download=True where there is internet.')
 
 
-def open_split(builder: tfds.core.DatasetBuilder, split: str):
-  """This process's part of ``split`` as a random-access data source."""
+def open_split(builder: tfds.core.DatasetBuilder, split: str,
+               per_process: bool = True):
+  """``split`` as a random-access data source: this process's part of it
+  (``tfds.split_for_jax_process``), or all of it (``per_process=False``)."""
   try:
-    return builder.as_data_source(split=tfds.split_for_jax_process(split))
+    return builder.as_data_source(
+        split=tfds.split_for_jax_process(split) if per_process else split)
   except Exception as e:  # TFDS raises several types for the same problem.
     raise datasets.DatasetError(
         f'cannot open {builder.name} {split} in {builder.data_dir} for random '
@@ -123,16 +131,34 @@ def _to_batch(examples: list[dict], with_labels: bool) -> Batch:
 
 
 class TrainBatches:
-  """Local training batches as a pure function of the step (see module doc)."""
+  """This process's rows of each global training batch, as a pure function
+  of the step (see the module doc).
 
-  def __init__(self, source, local_batch_size: int, seed: int,
-               with_labels: bool):
-    if len(source) < local_batch_size:
+  Args:
+    source: the whole train split (``open_split(..., per_process=False)``).
+    batch_size: the global batch size.
+    seed: draws the permutation of every epoch.
+    with_labels: also return ``label``.
+    process_index, process_count: which rows of each batch this process
+      reads (default: this JAX process).
+  """
+
+  def __init__(self, source, batch_size: int, seed: int, with_labels: bool,
+               process_index: int | None = None,
+               process_count: int | None = None):
+    count = jax.process_count() if process_count is None else process_count
+    index = jax.process_index() if process_index is None else process_index
+    if batch_size % count:
+      raise ValueError(f'batch_size = {batch_size} is not divisible by the '
+                       f'{count} processes.')
+    if len(source) < batch_size:
       raise datasets.DatasetError(
-          f'this process has {len(source)} training examples, fewer than its '
-          f'batch of {local_batch_size}.')
+          f'the training split has {len(source)} examples, fewer than the '
+          f'batch of {batch_size}.')
     self._source = source
-    self._batch = local_batch_size
+    self._batch = batch_size
+    self._local = batch_size // count
+    self._offset = index * self._local
     self._seed = seed
     self._with_labels = with_labels
     self._epoch, self._perm = -1, None
@@ -143,13 +169,16 @@ class TrainBatches:
       self._epoch, self._perm = epoch, rng.permutation(len(self._source))
     return self._perm
 
-  def indices(self, step: int) -> np.ndarray:
-    """Indices into this process's part for the local batch of ``step``."""
+  def global_indices(self, step: int) -> np.ndarray:
+    """Indices into the split of the whole global batch of ``step``."""
     n = len(self._source)
-    out = []
-    for k in range(step * self._batch, (step + 1) * self._batch):
-      out.append(self._permutation(k // n)[k % n])
-    return np.asarray(out)
+    return np.asarray([
+        self._permutation(k // n)[k % n]
+        for k in range(step * self._batch, (step + 1) * self._batch)])
+
+  def indices(self, step: int) -> np.ndarray:
+    """Indices of this process's rows of the global batch of ``step``."""
+    return self.global_indices(step)[self._offset:self._offset + self._local]
 
   def batch(self, step: int) -> Batch:
     examples = self._source.__getitems__(self.indices(step).tolist())

@@ -4,6 +4,9 @@
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR \\
       --mode=eval   # or sample, complete, reconstruct, embed_sample, ...
   # any config value: --config.batch_size=64 --config.model.num_layers=12
+  # every host of a pod (TPU VM workers, Slurm nodes) runs the same command:
+  python -m gated_pixelcnn.main --distributed --config=configs/imagenet64.py \\
+      --workdir=gs://BUCKET/runs/imagenet64 --config.data_dir=gs://BUCKET/tfds
 """
 
 import logging as std_logging
@@ -20,6 +23,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from gated_pixelcnn import distributed
 from gated_pixelcnn import inference
 from gated_pixelcnn import train
 
@@ -40,6 +44,21 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'complete',
                   'embed_sample: samples given the embedding of test images; '
                   'interpolate: samples along the line between two test '
                   'images\' h.')
+flags.DEFINE_bool(
+    'distributed', False,
+    'Multi-process run (one process per host): call '
+    'jax.distributed.initialize() first. On Cloud TPU VMs and under Slurm '
+    'nothing else is needed; elsewhere also give the three flags below. '
+    f'Also enabled by {distributed.ENV_FLAG}=1.')
+flags.DEFINE_string('coordinator_address', None,
+                    'With --distributed: HOST:PORT of process 0 (default: '
+                    'detected, or $JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_integer('num_processes', None,
+                     'With --distributed: number of processes (default: '
+                     'detected).')
+flags.DEFINE_integer('process_id', None,
+                     'With --distributed: this process\'s index, 0..N-1 '
+                     '(default: detected).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 MODES = {'train': train.train_and_evaluate,
@@ -64,7 +83,15 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietOrbax())
   tf.config.set_visible_devices([], 'GPU')
-  train.configure_cpu_devices(FLAGS.config)  # before JAX's backends start
+  # Both before JAX's backends start.
+  train.configure_cpu_devices(FLAGS.config)
+  if distributed.requested(FLAGS.distributed):
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
+  elif FLAGS.coordinator_address or FLAGS.num_processes is not None or (
+      FLAGS.process_id is not None):
+    raise app.UsageError('--coordinator_address, --num_processes and '
+                         '--process_id need --distributed.')
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   epath.Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -88,6 +89,9 @@ def validate_config(config: ml_collections.ConfigDict,
         f'microbatches = {config.microbatches} must be 0 (auto) or divide '
         f'the per-device batch (batch_size {config.batch_size} / '
         f'{num_devices} devices); e.g. --config.microbatches=0.')
+  check(config.get('shard_params_min_size', 0) >= 0,
+        f'shard_params_min_size = {config.get("shard_params_min_size")} must '
+        f'be >= 0.')
   check(config.cpu_devices >= 0,
         f'cpu_devices = {config.cpu_devices} must be >= 0 (0: one per core).')
   check(config.learning_rate > 0,
@@ -383,7 +387,9 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 def param_sharding(mesh, x, shard_params: bool, min_size: int = 2**18):
-  """Replicated, or split on the largest axis the mesh divides (FSDP-style)."""
+  """Replicated, or (FSDP style) split over the whole mesh on its largest
+  axis that the mesh size divides, for arrays of ``min_size`` elements or
+  more; XLA gathers each before use and reduce-scatters its gradient."""
   n = mesh.shape['data']
   if shard_params and n > 1 and x.size >= min_size:
     for axis in np.argsort(x.shape)[::-1]:
@@ -424,7 +430,9 @@ class Trainer:
 
     abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
     self.state_sharding = jax.tree_util.tree_map(
-        lambda x: param_sharding(self.mesh, x, config.shard_params), abstract)
+        lambda x: param_sharding(self.mesh, x, config.shard_params,
+                                 config.get('shard_params_min_size', 2**18)),
+        abstract)
     self.state_sharding = self.state_sharding.replace(
         step=replicated, rng=replicated)
     self.abstract_state = jax.tree_util.tree_map(
@@ -530,14 +538,28 @@ def _flat_hparams(config) -> dict[str, Any]:
   return out
 
 
+def _jax_preemption_service() -> bool:
+  """Whether JAX's preemption service runs (several processes under
+  jax.distributed): it catches SIGTERM (and on Cloud TPU the maintenance
+  notice) and lets every process agree on the step to stop at, which the
+  checkpoint manager's ``reached_preemption`` reports."""
+  return jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+
+
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after every step."""
+  """Turns SIGTERM into a flag the loop checks after every step.
+
+  Not installed where JAX's preemption service handles SIGTERM (a Python
+  handler would take the signal away from it).
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
+    if _jax_preemption_service():
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler, no flag
@@ -572,7 +594,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   builder = input_pipeline.get_builder(config)
   spec = trainer.spec
   with_labels = trainer.with_labels
-  train_source = input_pipeline.open_split(builder, spec.train_split)
+  train_source = input_pipeline.open_split(builder, spec.train_split,
+                                          per_process=False)
 
   manager = checkpointing.create_manager(workdir, config.max_to_keep)
   restored = checkpointing.restore_latest(manager, workdir,
@@ -582,7 +605,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Starting from scratch in %s.', workdir)
   else:
     state, meta = restored
-    logging.info('Resumed from step %d in %s.', int(state.step), workdir)
+    logging.info('Resumed from step %d in %s%s.', int(state.step), workdir,
+                 '' if jax.process_count() == 1 else
+                 f' (process {jax.process_index()}, replicated state digest '
+                 f'{state_digest(state)})')
     _check_meta(meta, config)
   start_step = int(state.step)
 
@@ -602,7 +628,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         first_profile=start_step + 10))
 
   batches = input_pipeline.TrainBatches(
-      train_source, config.batch_size // jax.process_count(), config.seed,
+      train_source, config.batch_size, config.seed,
       with_labels).iterate(start_step)
   sync_every = min(config.log_every_steps, MAX_STEPS_WITHOUT_SYNC)
   pending, window = [], []
@@ -611,7 +637,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def checkpoint(step):
     checkpointing.save(manager, step, state, {
         'step': step, 'examples_seen': step * config.batch_size,
-        **_data_order(config)})
+        'process_count': jax.process_count(), **_data_order(config)})
 
   def run_eval(step):
     nonlocal eval_metrics
@@ -642,13 +668,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         is_log = step % config.log_every_steps == 0 or is_last
         is_eval = step % config.eval_every_steps == 0 or is_last
         is_sync = step % sync_every == 0 or is_log or is_eval
-        # SIGTERM may reach the hosts at different steps: with several
-        # processes they act on it together, at the first sync point where
-        # any of them has it.
+        # SIGTERM may reach the hosts at different steps; they must stop at
+        # the same one. JAX's preemption service (several processes) agrees
+        # on it and reached_preemption says when; without it the processes
+        # compare their flags at sync points.
         if jax.process_count() == 1:
           requested = preemption.requested
-        else:
+        elif not _jax_preemption_service():
           requested = is_sync and _any_process(preemption.requested)
+        else:
+          requested = False
         stop = requested or manager.reached_preemption(step)
         is_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
         if is_sync or is_ckpt:
@@ -676,6 +705,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if eval_metrics:
     write_eval_results(workdir, step, eval_metrics, config)
   return eval_metrics
+
+
+def state_digest(state) -> str:
+  """SHA-256 (first 16 hex digits) of this process's copy of every
+  replicated array of ``state``: equal on all processes when they hold the
+  same state. Arrays split over the mesh (shard_params) are left out."""
+  digest = hashlib.sha256()
+  for path, x in jax.tree_util.tree_leaves_with_path(state):
+    if isinstance(x, jax.Array) and not x.is_fully_replicated:
+      continue
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.asarray(x.addressable_data(0) if isinstance(
+        x, jax.Array) else x).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def _any_process(flag: bool) -> bool:
@@ -707,9 +750,10 @@ def _fetch_and_check(pending, step, manager, key: str = 'bits_per_dim'
 
 
 def _data_order(config) -> dict[str, Any]:
-  """What the order of training batches depends on (besides the step)."""
+  """What the order of training batches depends on (besides the step; not
+  on the number of processes, see input_pipeline)."""
   return {'seed': config.seed, 'batch_size': config.batch_size,
-          'dataset': config.dataset, 'process_count': jax.process_count()}
+          'dataset': config.dataset}
 
 
 def _check_meta(meta: dict[str, Any], config) -> None:

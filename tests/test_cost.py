@@ -62,3 +62,24 @@ def test_paper_size_forward_flops():
 def test_unknown_model_has_no_cost_model():
   with pytest.raises(ValueError, match='no cost model'):
     cost.macs_per_pixel(_config(name='transformer'))
+
+
+def test_training_estimate_of_the_paper_imagenet64_run():
+  """200K steps of batch 128 at 2.93 TFLOP per 64x64 image (3 x forward),
+  plus 21 forward passes over the 50,000 validation images."""
+  from configs import imagenet64  # pylint: disable=g-import-not-at-top
+  config = imagenet64.get_config()
+  shape = (64, 64, 3)
+  per_image = cost.flops_per_image(config.model, shape)
+  assert per_image['forward'] == pytest.approx(977.6e9, rel=1e-4)
+  est = cost.training_estimate(config, shape, num_devices=32,
+                               peak_flops=200e12, utilization=0.5,
+                               price_per_device_hour=2.0)
+  train = 200_000 * 128 * per_image['train']
+  evals = 21 * 50_000 * per_image['forward']
+  assert est['total_flops'] == pytest.approx(train + evals)
+  hours = (train + evals) / (32 * 200e12 * 0.5) / 3600
+  assert est['hours'] == pytest.approx(hours)
+  assert est['usd'] == pytest.approx(hours * 32 * 2.0)
+  with pytest.raises(ValueError, match='utilization'):
+    cost.training_estimate(config, shape, 32, 200e12, 0.0)

@@ -92,7 +92,7 @@ def test_unknown_dataset(fake_config):
 
 def _train_source(config):
   builder = input_pipeline.get_builder(config)
-  return input_pipeline.open_split(builder, 'train')
+  return input_pipeline.open_split(builder, 'train', per_process=False)
 
 
 def test_train_batches_are_a_pure_function_of_the_step(fake_config):
@@ -114,6 +114,28 @@ def test_train_batches_are_a_pure_function_of_the_step(fake_config):
   other_seed = input_pipeline.TrainBatches(source, 8, seed=4,
                                            with_labels=True)
   assert not np.array_equal(other_seed.indices(0), a.indices(0))
+
+
+def test_process_rows_make_up_the_same_global_batch(fake_config):
+  """P processes each read rows [p B/P, (p+1) B/P) of the one global batch,
+  so the data does not depend on the number of processes."""
+  source = _train_source(fake_config)
+  one = input_pipeline.TrainBatches(source, 8, seed=3, with_labels=True,
+                                    process_index=0, process_count=1)
+  for count in (2, 4):
+    parts = [input_pipeline.TrainBatches(source, 8, seed=3, with_labels=True,
+                                         process_index=p, process_count=count)
+             for p in range(count)]
+    for step in (0, 7, 8, 13):  # 64 examples: epoch 1 starts at step 8
+      rows = [part.batch(step) for part in parts]
+      assert all(len(r['image']) == 8 // count for r in rows)
+      whole = one.batch(step)
+      for key in ('image', 'label'):
+        assert np.array_equal(np.concatenate([r[key] for r in rows]),
+                              whole[key])
+  with pytest.raises(ValueError, match='not divisible by the 3 processes'):
+    input_pipeline.TrainBatches(source, 8, seed=3, with_labels=True,
+                                process_index=0, process_count=3)
 
 
 def test_process_parts_are_disjoint_and_cover_the_split(fake_config):

@@ -82,16 +82,37 @@ def test_loss_decreases_on_a_fixed_batch(fake_config):
   assert int(state.step) == 20
 
 
+def _split_arrays(tree):
+  """Leaves that are split over the mesh: each device holds a part."""
+  return [x for x in jax.tree_util.tree_leaves(tree)
+          if x.addressable_shards[0].data.shape != x.shape]
+
+
 @pytest.mark.parametrize('shard_params', [False, True])
 def test_eight_devices_match_one(fake_config, shard_params):
+  """Data parallel, with parameters replicated or split FSDP style (every
+  array with an axis divisible by 8: the threshold is lowered for the tiny
+  model), gives the loss and update of one device."""
   assert jax.device_count() == 8
   fake_config.shard_params = shard_params
+  fake_config.shard_params_min_size = 0
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     trainer = train.Trainer(fake_config, mesh=train.make_mesh(devices))
     state = trainer.init(jax.random.PRNGKey(0))
     state, metrics = trainer.train_step(state, _fixed_batch(trainer))
     assert trainer.batch_sharding.mesh.size == len(devices)
+    if shard_params and len(devices) == 8:
+      # Params and RMSProp's statistics are really split (1/8 per device).
+      for tree in (state.params, state.opt_state):
+        split = _split_arrays(tree)
+        assert len(split) >= 5, jax.tree_util.tree_map(
+            lambda x: x.sharding.spec, tree)
+        for x in split:
+          assert 'data' in x.sharding.spec
+          assert x.addressable_shards[0].data.size * 8 == x.size
+    else:
+      assert not _split_arrays(state)
     results.append((float(metrics['bits_per_dim']), _leaves(state.params)))
   (loss1, params1), (loss8, params8) = results
   assert loss8 == pytest.approx(loss1, rel=1e-5)
