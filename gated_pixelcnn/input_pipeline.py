@@ -113,10 +113,24 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str,
                per_process: bool = True):
   """``split`` as a random-access data source: this process's part of it
   (``tfds.split_for_jax_process``), or all of it (``per_process=False``)."""
+  remote = '://' in str(builder.data_dir)
   try:
-    return builder.as_data_source(
+    source = builder.as_data_source(
         split=tfds.split_for_jax_process(split) if per_process else split)
+    if remote and len(source):
+      source[0]  # pylint: disable=pointless-statement
+    return source
   except Exception as e:  # TFDS raises several types for the same problem.
+    if remote:
+      raise datasets.DatasetError(
+          f'cannot read {builder.name} {split} from {builder.data_dir} ({e}). '
+          f'Training reads array_record files by random access, which the '
+          f'open-source array_record reader cannot do on gs:// (or other '
+          f'remote) paths: copy the prepared folder to a local disk of every '
+          f'host (e.g. `gcloud storage rsync -r {builder.data_dir} '
+          f'~/tensorflow_datasets`, or `launch/tpu.sh data`) and pass '
+          f'--config.data_dir=$HOME/tensorflow_datasets. The workdir may '
+          f'stay on gs://.') from e
     raise datasets.DatasetError(
         f'cannot open {builder.name} {split} in {builder.data_dir} for random '
         f'access ({e}). The input pipeline needs the array_record format: '

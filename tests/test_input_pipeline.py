@@ -160,3 +160,27 @@ def test_eval_batches_pad_and_mask(fake_config):
   assert num == 3 and len(batches) == 3
   assert [int(b['mask'].sum()) for b in batches] == [16, 16, 5]
   assert all(b['image'].shape == (16, 28, 28, 1) for b in batches)
+
+
+def test_remote_data_dir_that_cannot_be_read_names_the_fix():
+  """array_record has no open-source GCS reader: a gs:// data_dir fails at
+  the first read; the error says to copy the data to a local disk."""
+
+  class Unreadable:
+    def __len__(self):
+      return 10
+
+    def __getitem__(self, i):
+      raise RuntimeError('open() failed: No such file or directory')
+
+  class Builder:
+    name = 'downsampled_imagenet'
+    data_dir = 'gs://bucket/tfds/downsampled_imagenet/64x64/2.0.0'
+
+    def as_data_source(self, split):
+      del split
+      return Unreadable()
+
+  with pytest.raises(datasets.DatasetError,
+                     match=r'(?s)random access.*gs://.*local disk.*data_dir'):
+    input_pipeline.open_split(Builder(), 'train', per_process=False)
