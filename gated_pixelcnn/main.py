@@ -6,7 +6,7 @@
   # any config value: --config.batch_size=64 --config.model.num_layers=12
   # every host of a pod (TPU VM workers, Slurm nodes) runs the same command:
   python -m gated_pixelcnn.main --distributed --config=configs/imagenet64.py \\
-      --workdir=gs://BUCKET/runs/imagenet64 --config.data_dir=gs://BUCKET/tfds
+      --workdir=gs://BUCKET/runs/imagenet64 --config.data_dir=$HOME/tensorflow_datasets
 """
 
 import logging as std_logging
