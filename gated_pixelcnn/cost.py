@@ -149,7 +149,7 @@ def training_estimate(config, image_shape, num_devices: int,
   """Time and cost of ``config``'s whole run from the cost model.
 
   FLOPs = steps * batch * train FLOPs per image, plus the forward passes of
-  every evaluation (one per eval_every_steps and one at the end) over the
+  every evaluation (every eval_every_steps and at the last step) over the
   eval split. Time = FLOPs / (devices * peak * utilization), where
   utilization (the fraction of peak the step achieves, "MFU") is an
   assumption the caller states; sampling and input are not counted.
@@ -158,7 +158,9 @@ def training_estimate(config, image_shape, num_devices: int,
     raise ValueError('need devices >= 1, peak > 0 and 0 < utilization <= 1.')
   per_image = flops_per_image(config.model, image_shape)
   train = config.num_train_steps * config.batch_size * per_image['train']
-  num_evals = config.num_train_steps // config.eval_every_steps + 1
+  # As train_and_evaluate: every eval_every_steps and at the last step.
+  steps, every = config.num_train_steps, config.eval_every_steps
+  num_evals = steps // every + (steps % every != 0) if steps else 1
   evals = (num_evals * EVAL_EXAMPLES.get(config.dataset, 0) *
            per_image['forward'])
   seconds = (train + evals) / (num_devices * peak_flops * utilization)

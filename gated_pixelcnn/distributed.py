@@ -5,8 +5,8 @@ One process per host (TPU VM worker, GPU node) runs the same command. With
 device; afterwards ``jax.devices()`` lists the devices of every process and
 one mesh spans them all (train.py). On Cloud TPU VMs and under Slurm JAX
 finds the coordinator, the process count and this process's id itself;
-elsewhere they come from flags or JAX's environment variables
-(``JAX_COORDINATOR_ADDRESS``, ...).
+elsewhere from ``--coordinator_address`` (or ``JAX_COORDINATOR_ADDRESS``),
+``--num_processes`` and ``--process_id``.
 
 What the rest of the package does with several processes:
   * input_pipeline: every process reads only its slice of each global batch
@@ -15,9 +15,9 @@ What the rest of the package does with several processes:
   * logging, TensorBoard, sample PNGs, config.json and eval_results.json
     come from process 0 only (clu's writer with ``just_logging`` elsewhere).
   * Orbax saves and restores collectively; all processes resume at one step.
-  * preemption: JAX's preemption service (SIGTERM or the TPU maintenance
-    notice reaching any process) makes every process stop at the same step,
-    where the checkpoint manager saves (train.train_and_evaluate).
+  * preemption: SIGTERM reaching any process makes all of them save a
+    checkpoint at the same step and exit (train.train_and_evaluate: the
+    processes compare their flags at every sync point, <= 32 steps apart).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def initialize(coordinator_address: str | None = None,
   """``jax.distributed.initialize`` with the given (or detected) parameters.
 
   Must run before JAX's backends start (before any device is touched).
-  Arguments left None are found by JAX: on Cloud TPU VMs and under Slurm,
-  or from JAX_COORDINATOR_ADDRESS and friends.
+  Arguments left None are found by JAX on Cloud TPU VMs and under Slurm;
+  the coordinator address also from JAX_COORDINATOR_ADDRESS.
   """
   if num_processes is not None and num_processes < 1:
     raise DistributedError(f'--num_processes={num_processes} must be >= 1.')
@@ -64,6 +64,12 @@ def initialize(coordinator_address: str | None = None,
     raise DistributedError(
         f'--coordinator_address={coordinator_address!r} needs a port, e.g. '
         f'10.0.0.2:8476 (the address of process 0).')
+  # JAX's preemption service catches SIGTERM itself and has the processes
+  # agree on a stop step relative to the step each last reported, which is
+  # 0 until the first report: a signal during start-up or restore then
+  # names step 1, which a resumed run never reaches, and the run ignores
+  # the signal. train.handle_sigterm keeps the signal for the loop instead.
+  jax.config.update('jax_enable_preemption_service', False)
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
@@ -73,9 +79,9 @@ def initialize(coordinator_address: str | None = None,
         f'jax.distributed.initialize failed: {e}\nOn Cloud TPU VMs and under '
         f'Slurm --distributed needs nothing else; elsewhere pass '
         f'--coordinator_address=HOST:PORT (process 0\'s address) '
-        f'--num_processes=N --process_id=I on every process (or set '
-        f'JAX_COORDINATOR_ADDRESS). Without --distributed the run uses this '
-        f'host\'s devices only.') from e
+        f'--num_processes=N --process_id=I on every process (the address '
+        f'may come from JAX_COORDINATOR_ADDRESS instead). Without '
+        f'--distributed the run uses this host\'s devices only.') from e
   logging.info('jax.distributed: process %d of %d, %d local and %d global '
                'devices.', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

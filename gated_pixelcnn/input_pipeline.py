@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import os
 from typing import Iterator
@@ -89,24 +90,63 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
   spec = get_spec(config.dataset)
   data_dir = config.get('data_dir') or None
   builder = datasets.local_builder(config.dataset, data_dir)
-  if builder.is_prepared():
-    return builder
-  if config.get('download', False):
-    builder = tfds.builder(config.dataset, data_dir=data_dir)
-    builder.download_and_prepare(file_format=datasets.FILE_FORMAT)
+  if _prepared_on_every_process(builder, config.dataset):
     return builder
   manual_dir = config.get('manual_dir') or spec.default_manual_dir
-  if manual_dir and os.path.isdir(manual_dir):
-    # One process writes the (shared) data_dir; the others wait for it.
+  if config.get('download', False):
+    builder = tfds.builder(config.dataset, data_dir=data_dir)
+    prepare = functools.partial(builder.download_and_prepare,
+                                file_format=datasets.FILE_FORMAT)
+  elif manual_dir and os.path.isdir(manual_dir):
+    prepare = functools.partial(datasets.prepare, config.dataset, manual_dir,
+                                data_dir)
+  else:
+    prepare = None
+  if prepare is not None:
+    # One process writes the data_dir; the others wait, then must see it.
     if jax.process_index() == 0:
-      datasets.prepare(config.dataset, manual_dir, data_dir)
+      prepare()
     multihost_utils.sync_global_devices(f'prepared {config.dataset}')
-    return datasets.local_builder(config.dataset, data_dir)
+    builder = (tfds.builder(config.dataset, data_dir=data_dir)
+               if config.get('download', False) else
+               datasets.local_builder(config.dataset, data_dir))
+    if jax.process_count() > 1:
+      _prepared_on_every_process(builder, config.dataset, after=True)
+    return builder
   raise datasets.DatasetError(
       f'dataset {config.dataset!r} is not prepared in {builder.data_dir} and '
       f'no local files were found (manual_dir={manual_dir!r}). Fix: '
       f'{spec.how_to_get}; or set --config.manual_dir=DIR to a folder with '
       f'the files; or --config.download=True where there is internet.')
+
+
+def _prepared_on_every_process(builder, dataset: str,
+                               after: bool = False) -> bool:
+  """Whether every process finds ``dataset`` prepared in its data_dir.
+
+  False if none does; a clear error if only some do (each host reads its
+  own data_dir: a folder on a disk of its own, or a shared one), or, with
+  ``after`` (process 0 has just prepared it), if any does not.
+  """
+  prepared = builder.is_prepared()
+  if jax.process_count() == 1:
+    return prepared
+  everywhere = np.asarray(multihost_utils.process_allgather(
+      np.asarray(prepared))).reshape(-1)
+  if everywhere.all():
+    return True
+  if everywhere.any() or after:
+    missing = [int(i) for i in np.flatnonzero(~everywhere)]
+    why = ('process 0 prepared it, but they do not see it: data_dir is not '
+           'a folder all hosts share' if after else
+           'the hosts do not share one data_dir, and not every copy is '
+           'complete')
+    raise datasets.DatasetError(
+        f'dataset {dataset!r} is not prepared in {builder.data_dir} on '
+        f'processes {missing} of {jax.process_count()} ({why}). Every host '
+        f'needs the prepared data: a data_dir on a filesystem all hosts '
+        f'share, or a copy on each host\'s disk (launch/tpu.sh data).')
+  return False
 
 
 def open_split(builder: tfds.core.DatasetBuilder, split: str,

@@ -83,6 +83,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietOrbax())
   tf.config.set_visible_devices([], 'GPU')
+  if FLAGS.mode == 'train':
+    train.handle_sigterm()  # from the start: checkpoint and stop
   # Both before JAX's backends start.
   train.configure_cpu_devices(FLAGS.config)
   if distributed.requested(FLAGS.distributed):

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import signal
+import threading
 from typing import Any, Callable, Iterable
 
 from absl import logging
@@ -538,40 +539,47 @@ def _flat_hparams(config) -> dict[str, Any]:
   return out
 
 
-def _jax_preemption_service() -> bool:
-  """Whether JAX's preemption service runs (several processes under
-  jax.distributed): it catches SIGTERM (and on Cloud TPU the maintenance
-  notice) and lets every process agree on the step to stop at, which the
-  checkpoint manager's ``reached_preemption`` reports."""
-  return jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+_SIGTERM = threading.Event()
+
+
+def _on_sigterm(signum, frame):
+  del signum, frame
+  logging.warning('SIGTERM received: saving a checkpoint and stopping.')
+  _SIGTERM.set()
+
+
+def handle_sigterm() -> None:
+  """Makes SIGTERM a request to checkpoint and stop (train_and_evaluate).
+
+  main.py calls it first thing in --mode=train, before JAX starts, so that a
+  signal during start-up, restore or compilation is kept for the loop.
+  (JAX's own preemption service, which would also catch SIGTERM, is kept
+  off: see distributed.initialize.)
+  """
+  signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after every step.
-
-  Not installed where JAX's preemption service handles SIGTERM (a Python
-  handler would take the signal away from it).
-  """
+  """SIGTERM as a flag the loop checks after every step; installs the
+  handler for the loop if handle_sigterm has not already."""
 
   def __init__(self):
-    self.requested = False
     self._previous = None
 
+  @property
+  def requested(self) -> bool:
+    return _SIGTERM.is_set()
+
   def __enter__(self):
-    if _jax_preemption_service():
-      return self
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, no flag
-      self._previous = None
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, _on_sigterm)
+      except ValueError:  # not the main thread: no handler, no flag
+        self._previous = None
     return self
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
-    self.requested = True
-
   def __exit__(self, *exc):
+    _SIGTERM.clear()
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
@@ -605,12 +613,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Starting from scratch in %s.', workdir)
   else:
     state, meta = restored
-    logging.info('Resumed from step %d in %s%s.', int(state.step), workdir,
-                 '' if jax.process_count() == 1 else
-                 f' (process {jax.process_index()}, replicated state digest '
-                 f'{state_digest(state)})')
+    logging.info('Resumed from step %d in %s.%s', int(state.step), workdir,
+                 _digest_note(state))
     _check_meta(meta, config)
   start_step = int(state.step)
+  if jax.process_count() > 1:
+    multihost_utils.assert_equal(
+        start_step, f'the processes restored different steps from '
+        f'{checkpointing.checkpoint_dir(workdir)}: the workdir must be one '
+        f'folder all hosts share (e.g. gs://BUCKET/runs/NAME), not a '
+        f'folder on each host\'s own disk.')
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -637,7 +649,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def checkpoint(step):
     checkpointing.save(manager, step, state, {
         'step': step, 'examples_seen': step * config.batch_size,
-        'process_count': jax.process_count(), **_data_order(config)})
+        'process_count': jax.process_count(), 'data_order': DATA_ORDER,
+        **_data_order(config)})
 
   def run_eval(step):
     nonlocal eval_metrics
@@ -668,17 +681,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         is_log = step % config.log_every_steps == 0 or is_last
         is_eval = step % config.eval_every_steps == 0 or is_last
         is_sync = step % sync_every == 0 or is_log or is_eval
-        # SIGTERM may reach the hosts at different steps; they must stop at
-        # the same one. JAX's preemption service (several processes) agrees
-        # on it and reached_preemption says when; without it the processes
-        # compare their flags at sync points.
+        # SIGTERM may reach the hosts at different steps (or only some of
+        # them); they must all stop at the same one: at the first sync
+        # point where any of them has it (a collective, at most 32 steps).
         if jax.process_count() == 1:
-          requested = preemption.requested
-        elif not _jax_preemption_service():
-          requested = is_sync and _any_process(preemption.requested)
+          stop = preemption.requested
         else:
-          requested = False
-        stop = requested or manager.reached_preemption(step)
+          stop = is_sync and _any_process(preemption.requested)
         is_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
         if is_sync or is_ckpt:
           window += _fetch_and_check(pending, step, manager, trainer.metric)
@@ -694,7 +703,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           checkpoint(step)
         if stop:
           logging.warning('Stopped at step %d on request; rerun the same '
-                          'command to resume.', step)
+                          'command to resume.%s', step, _digest_note(state))
           break
       if num_steps == start_step and not eval_metrics:
         run_eval(step)  # nothing to train: report the checkpoint's quality
@@ -705,6 +714,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if eval_metrics:
     write_eval_results(workdir, step, eval_metrics, config)
   return eval_metrics
+
+
+def _digest_note(state) -> str:
+  """With several processes: this process's index and state digest."""
+  if jax.process_count() == 1:
+    return ''
+  return (f' (process {jax.process_index()}, replicated state digest '
+          f'{state_digest(state)})')
 
 
 def state_digest(state) -> str:
@@ -749,6 +766,11 @@ def _fetch_and_check(pending, step, manager, key: str = 'bits_per_dim'
   return [{k: float(v) for k, v in m.items()} for m in host]
 
 
+# Checkpoint meta: batches are rows of one global order, the same for any
+# number of processes (input_pipeline.TrainBatches).
+DATA_ORDER = 'global'
+
+
 def _data_order(config) -> dict[str, Any]:
   """What the order of training batches depends on (besides the step; not
   on the number of processes, see input_pipeline)."""
@@ -757,6 +779,12 @@ def _data_order(config) -> dict[str, Any]:
 
 
 def _check_meta(meta: dict[str, Any], config) -> None:
+  if meta.get('process_count', 1) > 1 and meta.get('data_order') != DATA_ORDER:
+    logging.warning(
+        'The checkpoint was written by %d processes with the older per-'
+        'process data order; from here on the batches follow the global '
+        'order (input_pipeline), so they differ from an uninterrupted run.',
+        meta['process_count'])
   for key, value in _data_order(config).items():
     if key in meta and meta[key] != value:
       logging.warning(

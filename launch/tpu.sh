@@ -13,6 +13,8 @@
 #            into ~/REPO_DIR, get Python 3.11 (uv), create ~/REPO_DIR/.venv
 #            and install the package with its `tpu` extra; prints JAX's
 #            device count on every worker. Safe to rerun (the venv is kept).
+#            Refuses (before touching any file) on a worker where training
+#            runs: `stop` first.
 #   data     copy the prepared TFDS data folder DATA_GCS (gs://...) onto
 #            every worker's own disk, into DATA_DIR, with `gcloud storage
 #            rsync -r` (copies what is missing or changed only: rerun it to
@@ -35,8 +37,12 @@
 # disk. Once: prepare the dataset on a machine that has its files (python
 # -m gated_pixelcnn.prepare_data ... --data_dir=DIR, a local DIR) and upload
 # the folder (gcloud storage rsync -r DIR gs://my-bucket/tfds); then `data`
-# copies it to the workers of each new TPU VM. WORKDIR (checkpoints,
-# TensorBoard) may be on gs://: that works.
+# copies it to the workers of each new TPU VM.
+#
+# WORKDIR (checkpoints, TensorBoard, samples) must be on gs://: every worker
+# must see the same folder, as the workers write each checkpoint together
+# and must all restore the same step; a folder on each worker's own disk
+# breaks resuming. Orbax and TensorBoard write to gs:// directly.
 #
 # Options:
 #   --dry-run  print each command (one line, shell-quoted, after "+ ")
@@ -60,8 +66,9 @@
 #                     default 60
 #   SPOT              (create) 1: Spot VMs (preemptible: `run` again after a
 #                     preemption to resume); default 0
-#   WORKDIR           (run, logs, copy) the run's folder, e.g.
-#                     gs://my-bucket/runs/imagenet64
+#   WORKDIR           (run, logs, copy) the run's folder, a gs:// path
+#                     (run and copy refuse any other: see WORKDIR above),
+#                     e.g. gs://my-bucket/runs/imagenet64
 #   DATA_GCS          (data) the prepared TFDS data folder in Cloud Storage,
 #                     the one that holds downsampled_imagenet/64x64/...
 #                     (not that dataset's own folder), e.g.
@@ -128,6 +135,9 @@ var_help() {
 # gated_pixelcnn.main ...` but not the remote shell running the --command
 # string, whose command line contains these words further on.
 readonly PROCESS_PATTERN='^[^ ]*python[0-9.]* -m gated_pixelcnn[.]main'
+# Remote shell text that sets pattern to PROCESS_PATTERN on a worker.
+PATTERN_STEP="pattern=$(quote "$PROCESS_PATTERN")"
+readonly PATTERN_STEP
 readonly ARCHIVE=gated_pixelcnn-src.tar.gz # shipped to each worker's home
 
 CONFIG=${CONFIG:-configs/imagenet64.py}
@@ -146,14 +156,36 @@ default_runtime_version() {
   esac
 }
 
+# Exits 2 unless WORKDIR is a gs:// path, saying why.
+check_workdir() {
+  case $WORKDIR in
+    gs://?*) return 0 ;;
+  esac
+  {
+    echo "error: WORKDIR=$WORKDIR: must be a gs:// path, e.g."
+    echo "  WORKDIR=gs://my-bucket/runs/imagenet64"
+    echo "  All workers must share the WORKDIR: they write each checkpoint"
+    echo "  together, and on a restart every process must restore the"
+    echo "  same step, which a folder on each worker's own disk breaks."
+    echo "  Orbax (checkpoints) and TensorBoard write to gs:// directly, and"
+    echo "  copy fetches the WORKDIR from there (gcloud storage cp)."
+  } >&2
+  exit 2
+}
+
 # Requires VAR... and, unless RUN_NAME is set, WORKDIR; then sets RUN_NAME
-# (default: the last part of WORKDIR, whose trailing slash goes).
+# (default: the last part of WORKDIR, whose trailing slash goes). A WORKDIR
+# among VAR... (the subcommands that use the folder itself: run, copy) must
+# be a gs:// path.
 require_run() {
   local needs=("$@")
   if [[ -z ${RUN_NAME:-} && " $* " != *" WORKDIR "* ]]; then
     needs+=(WORKDIR)
   fi
   require "${needs[@]}"
+  if [[ " $* " == *" WORKDIR "* ]]; then
+    check_workdir
+  fi
   if [[ -n ${WORKDIR:-} ]]; then
     WORKDIR=${WORKDIR%/}
   fi
@@ -181,6 +213,13 @@ join_steps() {
     esac
   done
   printf '%s\n' "$line"
+}
+
+# Remote shell text that fails the worker's command, saying "HOST: MSG...",
+# if a training process runs there (pattern: set by PATTERN_STEP).
+refuse_if_running() {
+  echo 'if pgrep -f "$pattern" >/dev/null; then' \
+    "echo \"\$(hostname): $*\" >&2; exit 1; fi"
 }
 
 # Runs the steps (remote shell text) on every worker, concurrently. Each
@@ -289,13 +328,16 @@ cmd_install() {
   run git -C "$repo" archive --format=tar.gz --output="$tmp/$ARCHIVE" HEAD
   run gcloud compute tpus tpu-vm scp "$tmp/$ARCHIVE" "$TPU_NAME:" \
     --project="$PROJECT" --zone="$ZONE" --worker=all
-  # Replaces the checkout but keeps its .venv. TPU VM images have Python
+  # Replaces the checkout but keeps its .venv; not while training runs from
+  # it (that is checked before anything changes). TPU VM images have Python
   # 3.10: uv (pip-installed for the user) gets 3.11. Each step is skipped
   # or quick when its result is there already.
   local get_uv='command -v uv >/dev/null'
   get_uv+=' || python3 -m pip install --user --quiet uv'
   get_uv+=' || python3 -m pip install --user --quiet --break-system-packages uv'
-  on_workers 'set -eu' \
+  on_workers 'set -eu' "$PATTERN_STEP" \
+    "$(refuse_if_running "training is running from ~/$REPO_DIR;" \
+      "launch/tpu.sh stop first")" \
     'export PATH="$HOME/.local/bin:$PATH"' \
     "mkdir -p $REPO_DIR" \
     "find $REPO_DIR -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +" \
@@ -345,21 +387,18 @@ cmd_run() {
   fi
   local check_venv='if [ ! -x .venv/bin/python ]; then echo "$(hostname):'
   check_venv+=' no .venv, run launch/tpu.sh install first" >&2; exit 1; fi'
-  local check_running='if pgrep -f "$pattern" >/dev/null; then echo'
-  check_running+=' "$(hostname): training is running already'
-  check_running+=' (launch/tpu.sh stop)" >&2; exit 1; fi'
   # Only a warning: with --config.manual_dir or --config.download=True in
   # OVERRIDES the training prepares the data itself.
   local check_data='[ -d "$data_dir" ] || echo "$(hostname): warning: no'
   check_data+=' $data_dir (launch/tpu.sh data copies the data there)" >&2'
   # setsid + nohup + all three streams redirected: the training process
   # outlives the ssh session, which returns at once.
-  on_workers 'set -eu' "$(remote_log)" "pattern=$(quote "$PROCESS_PATTERN")" \
+  on_workers 'set -eu' "$(remote_log)" "$PATTERN_STEP" \
     "$data_dir_step" \
     'mkdir -p "$HOME/logs"' \
     "cd $REPO_DIR" \
     "$check_venv" \
-    "$check_running" \
+    "$(refuse_if_running "training is running already (launch/tpu.sh stop)")" \
     "$check_data" \
     'echo "== $(date -u +%FT%TZ) launch/tpu.sh run" >>"$log"' \
     "setsid nohup $main >>\"\$log\" 2>&1 </dev/null &" \
@@ -414,7 +453,7 @@ cmd_stop() {
   wait+=' pgrep -f "$pattern" >/dev/null || break; sleep 2; done'
   local check='if pgrep -f "$pattern" >/dev/null; then'
   check+=' echo "$(hostname): still running after 10 min" >&2; exit 1; fi'
-  on_workers "pattern=$(quote "$PROCESS_PATTERN")" "$signal" \
+  on_workers "$PATTERN_STEP" "$signal" \
     'echo "$(hostname): sent SIGTERM, waiting for the checkpoint"' \
     "$wait" "$check" 'echo "$(hostname): stopped"'
 }

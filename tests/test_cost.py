@@ -66,7 +66,8 @@ def test_unknown_model_has_no_cost_model():
 
 def test_training_estimate_of_the_paper_imagenet64_run():
   """200K steps of batch 128 at 2.93 TFLOP per 64x64 image (3 x forward),
-  plus 21 forward passes over the 50,000 validation images."""
+  plus 20 forward passes over the 50,000 validation images (every 10K
+  steps, the last one at step 200K)."""
   from configs import imagenet64  # pylint: disable=g-import-not-at-top
   config = imagenet64.get_config()
   shape = (64, 64, 3)
@@ -76,10 +77,13 @@ def test_training_estimate_of_the_paper_imagenet64_run():
                                peak_flops=200e12, utilization=0.5,
                                price_per_device_hour=2.0)
   train = 200_000 * 128 * per_image['train']
-  evals = 21 * 50_000 * per_image['forward']
+  evals = 20 * 50_000 * per_image['forward']
   assert est['total_flops'] == pytest.approx(train + evals)
   hours = (train + evals) / (32 * 200e12 * 0.5) / 3600
   assert est['hours'] == pytest.approx(hours)
   assert est['usd'] == pytest.approx(hours * 32 * 2.0)
+  config.num_train_steps = 25_000  # evals at 10K, 20K and 25K
+  assert cost.training_estimate(config, shape, 32, 200e12, 0.5)[
+      'eval_flops'] == pytest.approx(3 * 50_000 * per_image['forward'])
   with pytest.raises(ValueError, match='utilization'):
     cost.training_estimate(config, shape, 32, 200e12, 0.0)

@@ -66,6 +66,8 @@ def _command(workdir, config, *flags):
 def _start_processes(workdir, config, log_dir, name, *flags):
   """Two processes with 4 CPU devices each, coordinator on 127.0.0.1."""
   port = _free_port()
+  # Bind the coordinator to 127.0.0.1 too (JAX's default, [::], needs IPv6).
+  env = {**ENV, 'JAX_COORDINATOR_BIND_ADDRESS': f'127.0.0.1:{port}'}
   procs, logs = [], []
   for i in range(2):
     log = log_dir / f'{name}-{i}.log'
@@ -74,7 +76,7 @@ def _start_processes(workdir, config, log_dir, name, *flags):
           _command(workdir, config, '--config.cpu_devices=4', '--distributed',
                    f'--coordinator_address=127.0.0.1:{port}',
                    '--num_processes=2', f'--process_id={i}', *flags),
-          cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=f))
+          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=f))
     logs.append(log)
   return procs, logs
 
@@ -102,50 +104,83 @@ def _final_state(config, workdir):
   return state, meta
 
 
+def _wait_for(log, text, procs, timeout=300):
+  deadline = time.time() + timeout
+  while time.time() < deadline and text not in log.read_text():
+    assert all(p.poll() is None for p in procs), log.read_text()[-4000:]
+    time.sleep(0.2)
+  assert text in log.read_text(), log.read_text()[-4000:]
+
+
+def _stopped(texts):
+  """(step, [digest of each process]) of 'Stopped at step N on request'."""
+  found = [re.findall(r'Stopped at step (\d+) on request.*digest (\w+)\)', t)
+           for t in texts]
+  assert all(len(f) == 1 for f in found), found
+  steps = {int(f[0][0]) for f in found}
+  assert len(steps) == 1, found  # the same step on both
+  return steps.pop(), [f[0][1] for f in found]
+
+
+def _resumed(texts):
+  found = [re.findall(r'Resumed from step (\d+) .*digest (\w+)\)', t)
+           for t in texts]
+  assert all(len(f) == 1 for f in found), found
+  return [int(f[0][0]) for f in found], [f[0][1] for f in found]
+
+
 def test_two_processes_preempted_resume_and_match_one_process(
     fake_config, tmp_path):
   """Two processes (jax.distributed, 127.0.0.1 coordinator, 4 fake devices
-  each) train; SIGTERM reaches one of them; both stop at the same step,
-  save one checkpoint together and exit 0. Restarted, both resume at that
-  step with the same state and finish with the params one process with 8
-  devices reaches uninterrupted."""
+  each) train; SIGTERM reaches one of them, mid-run and then again during
+  the next start-up (before the loop: the signal must not be lost); each
+  time both stop at the same step, save one checkpoint and exit 0, and the
+  restarted pair resumes there with the state both held when they stopped.
+  They finish with the params of one process with 8 devices trained
+  uninterrupted."""
   input_pipeline.get_builder(fake_config)  # prepare the data once, here
   run = tmp_path / 'two'
-  procs, logs = _start_processes(
-      run, fake_config, tmp_path, 'first', '--config.num_train_steps=100000',
-      '--config.checkpoint_every_steps=100000')
-  deadline = time.time() + 300
-  while time.time() < deadline and 'train/bits_per_dim' not in (
-      logs[0].read_text()):
-    assert all(p.poll() is None for p in procs), logs[0].read_text()[-4000:]
-    time.sleep(0.5)
-  procs[1].send_signal(signal.SIGTERM)  # only the second process is told
+  endless = ('--config.num_train_steps=100000',
+             '--config.checkpoint_every_steps=100000')
+  # 1. SIGTERM to process 1 while training.
+  procs, logs = _start_processes(run, fake_config, tmp_path, 'first', *endless)
+  _wait_for(logs[0], 'train/bits_per_dim', procs)
+  procs[1].send_signal(signal.SIGTERM)
   texts = _wait(procs, logs)
-  stops = [re.findall(r'Stopped at step (\d+) on request', t) for t in texts]
-  assert stops[0] == stops[1] and len(stops[0]) == 1, stops
-  stop = int(stops[0][0])
+  stop, digests = _stopped(texts)
+  assert digests[0] == digests[1]
   assert os.listdir(checkpointing.checkpoint_dir(run)) == [str(stop)]
   assert 'JAX process 1/2' in texts[1]
 
-  # Restart both: the same step and the same state on both.
+  # 2. Restart both; SIGTERM to process 1 during start-up, before it has
+  # restored the checkpoint: both resume at `stop` with the state they
+  # saved, then stop at the first step.
   procs, logs = _start_processes(run, fake_config, tmp_path, 'second',
-                                 f'--config.num_train_steps={stop + 2}')
+                                 *endless)
+  _wait_for(logs[1], 'JAX process 1/2', procs)
+  procs[1].send_signal(signal.SIGTERM)
   texts = _wait(procs, logs)
-  resumed = [re.findall(r'Resumed from step (\d+) .*digest (\w+)\)', t)
-             for t in texts]
-  assert resumed[0] == resumed[1] and len(resumed[0]) == 1, resumed
-  assert int(resumed[0][0][0]) == stop
+  steps, resumed = _resumed(texts)
+  assert steps == [stop, stop] and resumed == digests
+  assert _stopped(texts)[0] == stop + 1
+
+  # 3. Restart both to the end.
+  procs, logs = _start_processes(run, fake_config, tmp_path, 'third',
+                                 f'--config.num_train_steps={stop + 3}')
+  texts = _wait(procs, logs)
+  steps, resumed = _resumed(texts)
+  assert steps == [stop + 1, stop + 1] and resumed[0] == resumed[1]
 
   # One process with 8 devices, uninterrupted.
   single = tmp_path / 'one'
   out = subprocess.run(
       _command(single, fake_config, '--config.cpu_devices=8',
-               f'--config.num_train_steps={stop + 2}'),
+               f'--config.num_train_steps={stop + 3}'),
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-4000:]
   a, meta_a = _final_state(fake_config, run)
   b, meta_b = _final_state(fake_config, single)
-  assert int(a.step) == int(b.step) == stop + 2
+  assert int(a.step) == int(b.step) == stop + 3
   assert (meta_a['process_count'], meta_b['process_count']) == (2, 1)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5,
@@ -207,3 +242,41 @@ def test_process_flags_without_distributed_are_a_usage_error(fake_config,
   assert out.returncode != 0
   assert 'need --distributed' in out.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_data_prepared_on_only_some_hosts_is_a_clear_error(fake_config,
+                                                           monkeypatch):
+  """Each host reads its own data_dir: if only some have the prepared data
+  (a copy on each disk that is not complete everywhere), every process
+  stops with the processes named, instead of some waiting in a collective
+  that the others never reach."""
+  builder = input_pipeline.get_builder(fake_config)
+  monkeypatch.setattr(jax, 'process_count', lambda: 3)
+  monkeypatch.setattr(
+      input_pipeline.multihost_utils, 'process_allgather',
+      lambda x: np.asarray([True, False, bool(x)]))
+  with pytest.raises(input_pipeline.datasets.DatasetError,
+                     match=r'on processes \[1\] of 3.*launch/tpu.sh data'):
+    input_pipeline.get_builder(fake_config)
+  # After process 0 prepared a data_dir that the others do not see.
+  monkeypatch.setattr(
+      input_pipeline.multihost_utils, 'process_allgather',
+      lambda x: np.asarray([True, True, True]))
+  assert input_pipeline._prepared_on_every_process(builder, 'mnist')  # pylint: disable=protected-access
+  monkeypatch.setattr(
+      input_pipeline.multihost_utils, 'process_allgather',
+      lambda x: np.asarray([True, False, False]))
+  with pytest.raises(input_pipeline.datasets.DatasetError,
+                     match=r'processes \[1, 2\] of 3.*not a folder all hosts'):
+    input_pipeline._prepared_on_every_process(builder, 'mnist', after=True)  # pylint: disable=protected-access
+
+
+def test_checkpoint_of_the_older_per_process_data_order_warns(fake_config,
+                                                              caplog):
+  train._check_meta({'process_count': 2, 'seed': fake_config.seed},  # pylint: disable=protected-access
+                    fake_config)
+  assert 'older per-process data order' in caplog.text
+  caplog.clear()
+  train._check_meta({'process_count': 2, 'data_order': train.DATA_ORDER},  # pylint: disable=protected-access
+                    fake_config)
+  assert 'data order' not in caplog.text

@@ -46,6 +46,12 @@ TPU_MAIN = MAIN + ['--workdir=gs://my-bucket/runs/imagenet64']
 # What the remote shell of `run` and `data` starts with to find DATA_DIR on
 # the worker: by default ~/tensorflow_datasets, $HOME of the worker's shell.
 DATA_DIR_STEP = 'data_dir="$HOME"/tensorflow_datasets;'
+# What pgrep/pkill look for on a worker: the training processes.
+PROCESS_PATTERN = '^[^ ]*python[0-9.]* -m gated_pixelcnn[.]main'
+# Why a WORKDIR that is not on gs:// is refused.
+WORKDIR_REASONS = ('gs://', 'All workers must share the WORKDIR',
+                   'same step', 'Orbax', 'TensorBoard',
+                   'WORKDIR=gs://my-bucket/runs/imagenet64')
 # Why a gs:// DATA_DIR is refused.
 GCS_REASONS = ('array_record', 'random access', 'GCS', 'gs://')
 # An override whose value has a space and parentheses: must reach the
@@ -262,6 +268,10 @@ def test_tpu_install(box):
                "-e '.[tpu]'",
                'import jax; print(jax.device_count())'):
     assert step in remote
+  # First of all: is training running from the checkout?
+  check = remote.index('pgrep -f "$pattern"')
+  assert check < remote.index('mkdir -p gated_pixelcnn')
+  assert shlex.quote(PROCESS_PATTERN) in remote[:check]
 
 
 def fake_install(box):
@@ -582,6 +592,63 @@ def test_tpu_install_for_real(box):
     assert not (box.worker / tarball.name).exists()
 
 
+def snapshot(folder):
+  """Every file and folder under folder: path -> (kind, content, mtime)."""
+  files = {}
+  for path in sorted(folder.rglob('*')):
+    stat = path.lstat()
+    if path.is_symlink():
+      content = ('link', os.readlink(path))
+    elif path.is_dir():
+      content = ('dir', None)
+    else:
+      content = ('file', path.read_bytes())
+    files[str(path.relative_to(folder))] = (*content, stat.st_mtime_ns)
+  return files
+
+
+@pytest.mark.parametrize('repo_dir', ['gated_pixelcnn', 'src/pcnn'])
+def test_tpu_install_refuses_while_training_runs(box, repo_dir):
+  """A worker that runs training from the checkout keeps it unchanged."""
+  variables = dict(TPU_VARS, REPO_DIR=repo_dir)
+  result = box.run(TPU, 'install', variables=variables)
+  assert result.returncode == 0, result.stderr
+  _, ssh = box.calls()
+  remote = remote_command(ssh['argv'])
+  # The checkout and its .venv as an earlier install left them, the new
+  # archive next to it.
+  checkout = box.worker / repo_dir
+  venv = checkout / '.venv' / 'bin'
+  venv.mkdir(parents=True)
+  (venv / 'python').symlink_to(box.fake)
+  (checkout / 'setup.cfg').write_text('the old one')
+  (checkout / 'gated_pixelcnn').mkdir()
+  (checkout / 'gated_pixelcnn' / 'main.py').write_text('# running')
+  before = snapshot(box.worker)
+
+  box.calls_file.unlink()
+  result = box.on_worker(remote, FAKE_PGREP_STATUS='0')  # one is running
+  assert result.returncode == 1
+  assert result.stderr == (f'{socket.gethostname()}: training is running '
+                           f'from ~/{repo_dir}; launch/tpu.sh stop first\n')
+  assert result.stdout == ''
+  assert snapshot(box.worker) == before  # not a file touched
+  # It looked for the processes that `run` starts and `stop` ends, and did
+  # nothing else.
+  (pgrep,) = box.calls()
+  assert pgrep['argv'] == ['pgrep', '-f', PROCESS_PATTERN]
+  box.calls_file.unlink()
+  for subcommand in ('run', 'stop'):
+    (other,) = dry(box, TPU, subcommand, **TPU_VARS)
+    assert f'pattern={shlex.quote(PROCESS_PATTERN)};' in remote_command(other)
+
+  # Once it has stopped, install goes ahead.
+  result = box.on_worker(remote)
+  assert result.returncode == 0, result.stderr
+  assert (checkout / 'setup.cfg').read_text() != 'the old one'
+  assert (checkout / 'gated_pixelcnn' / 'main.py').read_text() != '# running'
+
+
 # tpu.sh: usage errors.
 
 
@@ -627,6 +694,31 @@ def test_tpu_usage_errors(box, args, variables, message):
   assert result.returncode == 2
   assert message in result.stderr
   assert not box.calls()
+
+
+@pytest.mark.parametrize('subcommand', ['run', 'copy'])
+@pytest.mark.parametrize('workdir', ['/data/runs/imagenet64',
+                                     'runs/imagenet64', 'gs://', 'gs:/b/x',
+                                     's3://my-bucket/runs/imagenet64'])
+@pytest.mark.parametrize('dry_run', [True, False])
+def test_tpu_refuses_workdir_not_on_gcs(box, subcommand, workdir, dry_run):
+  """Every worker must see the same WORKDIR: says so, and how."""
+  result = box.run(TPU, subcommand, *(['--dry-run'] if dry_run else []),
+                   variables=dict(TPU_VARS, WORKDIR=workdir, WORKERS='2'))
+  assert result.returncode == 2
+  assert result.stdout == ''
+  assert result.stderr.startswith(f'error: WORKDIR={workdir}: '
+                                  'must be a gs:// path')
+  for reason in WORKDIR_REASONS:
+    assert reason in result.stderr
+  assert not box.calls()
+  assert not (box.path / 'results').exists()  # copy made no folder
+
+
+def test_tpu_logs_takes_any_workdir(box):
+  """logs only names the log after WORKDIR: no need for gs:// there."""
+  (ssh,) = dry(box, TPU, 'logs', **dict(TPU_VARS, WORKDIR='/runs/x'))
+  assert '$HOME/logs/x.log' in remote_command(ssh)
 
 
 @pytest.mark.parametrize('subcommand', ['data', 'run'])
