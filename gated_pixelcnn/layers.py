@@ -1,4 +1,5 @@
-"""Causal building blocks: masked convolutions, the gated unit, the gated block.
+"""Causal building blocks: masked convolutions, the gated unit, the gated
+block, and the PixelRNN baselines' Row LSTM and Diagonal BiLSTM layers.
 
 Conventions used throughout (shapes in names, see STYLE.md):
 
@@ -218,3 +219,179 @@ class GatedBlock(nn.Module):
     if not self.first:
       h_out = h_out + h_BxHxWxI
     return v_out, h_out, skip
+
+
+# ------------------------------------------------ PixelRNN's LSTM layers
+#
+# The baselines of van den Oord, Kalchbrenner, Kavukcuoglu (ICML 2016); the
+# models around them are models.RowLSTM and models.DiagonalBiLSTM. The LSTM
+# cell: o, f, i = sigmoid, g = tanh; c = f c' + i g, h = o tanh(c), the
+# forget gate's bias starting at 1. Its four gates share one colour-group
+# layout (``out_halves=4``), so the elementwise cell keeps each group's h and
+# c in its group; the state-to-state paths read only earlier pixels and need
+# no mask.
+
+
+def _lstm(gates_Bx4H: Array, c_BxH: Array) -> tuple[Array, Array]:
+  """One LSTM cell update from the gate pre-activations [o | f | i | g]."""
+  o, f, i, g = jnp.split(gates_Bx4H, 4, axis=-1)
+  c = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+  return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+
+def _gate_bias(num_hidden: int):
+  """Zeros, with the forget gate's quarter at 1 (remember by default)."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.zeros(shape, dtype).at[num_hidden:2 * num_hidden].set(1.0)
+  return init
+
+
+def skew(x_BxHxWxF: Array) -> Array:
+  """[B, H, W, F] -> [B, H, W + H - 1, F] with out[:, i, i + j] = x[:, i, j]
+  (zeros elsewhere): every diagonal of x becomes a column."""
+  B, H, W, F = x_BxHxWxF.shape
+  x = jnp.pad(x_BxHxWxF, ((0, 0), (0, 0), (0, H), (0, 0)))
+  x = x.reshape(B, H * (W + H), F)[:, :H * (W + H - 1)]
+  return x.reshape(B, H, W + H - 1, F)
+
+
+def unskew(x_BxHxSxF: Array, width: int) -> Array:
+  """The inverse of `skew`: [B, H, W + H - 1, F] -> [B, H, W, F]."""
+  B, H, S, F = x_BxHxSxF.shape
+  x = x_BxHxSxF.reshape(B, H * S, F)
+  x = jnp.pad(x, ((0, 0), (0, H), (0, 0)))
+  return x.reshape(B, H, S + 1, F)[:, :, :width]
+
+
+class RowLSTMLayer(nn.Module):
+  """Row LSTM: [B, H, W, 2h] -> h maps [B, H, W, h].
+
+  The input-to-state map is one masked 1 x k convolution over each row (the
+  current pixel, mask B, and the k//2 pixels to its left) for the whole
+  image at once; a ``lax.scan`` over rows adds the state-to-state 1 x k
+  convolution of the previous row's h. h at (i, j) therefore sees a
+  triangle above (k//2 more columns either side per row up) and k//2
+  pixels to the left in its row (plus what the input maps carry).
+  """
+  hidden: int
+  kernel_size: int = 3
+  num_colors: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxF: Array) -> Array:
+    k, h, C = self.kernel_size, self.hidden, self.num_colors
+    # Input-to-state for every row at once: the current pixel (mask B) and
+    # the k//2 pixels to its left (the taps to the right are masked off).
+    i2s = MaskedConv(
+        4 * h, (1, k), ((0, 0), (k // 2, k // 2)), mask_type='B',
+        current=(0, k // 2), num_colors=C, out_halves=4, use_bias=False,
+        dtype=self.dtype, name='input_to_state')(x_BxHxWxF)
+    s2s_kernel = self.param('state_to_state', nn.initializers.lecun_normal(),
+                            (1, k, h, 4 * h), jnp.float32).astype(self.dtype)
+    bias = self.param('bias', _gate_bias(h), (4 * h,), jnp.float32)
+
+    def row(carry, i2s_BxWx4H):
+      h_prev, c_prev = carry
+      # The 1 x k convolution of the row above as k matmuls of shifted
+      # copies (XLA:CPU runs convolutions inside a scan far slower).
+      W = h_prev.shape[1]
+      padded = jnp.pad(h_prev.astype(self.dtype),
+                       ((0, 0), (k // 2, k // 2), (0, 0)))
+      s2s = sum(jnp.einsum('bwi,io->bwo', padded[:, t:t + W],
+                           s2s_kernel[0, t]) for t in range(k))
+      gates = (i2s_BxWx4H + s2s).astype(jnp.float32) + bias[None, None, :]
+      h_new, c_new = _lstm(gates, c_prev)
+      return (h_new, c_new), h_new
+
+    B, H, W, _ = x_BxHxWxF.shape
+    zeros = jnp.zeros((B, W, h), jnp.float32)
+    _, h_HxBxWxH = jax.lax.scan(row, (zeros, zeros),
+                                jnp.moveaxis(i2s, 1, 0))
+    return jnp.moveaxis(h_HxBxWxH, 0, 1).astype(self.dtype)
+
+
+class _DiagonalLSTM(nn.Module):
+  """One direction of the Diagonal BiLSTM: [B, H, W, 2h] -> [B, H, W, h].
+
+  The input-to-state map is a masked 1x1 convolution (mask B). The map is
+  skewed (row i shifted right by i) so that a ``lax.scan`` over its columns
+  computes a whole diagonal per step; the state-to-state is a 2 x 1
+  convolution of the previous column's h at rows i-1 and i, i.e. the pixels
+  above and to the left of (i, j).
+  """
+  hidden: int
+  num_colors: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxF: Array, image_BxHxWxC: Array | None = None
+               ) -> Array:
+    h = self.hidden
+    i2s = MaskedConv(4 * h, mask_type='B', num_colors=self.num_colors,
+                     out_halves=4, use_bias=False, dtype=self.dtype,
+                     name='input_to_state')(x_BxHxWxF)
+    if image_BxHxWxC is not None:  # unmasked: only for a pass used a row down
+      i2s = i2s + MaskedConv(4 * h, use_bias=False, dtype=self.dtype,
+                             name='image_to_state')(image_BxHxWxC)
+    # 2 x 1 state-to-state over the skewed map: row i-1 (the pixel above)
+    # and row i (the pixel to the left) of the previous column.
+    s2s_kernel = self.param('state_to_state', nn.initializers.lecun_normal(),
+                            (2, h, 4 * h), jnp.float32).astype(self.dtype)
+    bias = self.param('bias', _gate_bias(h), (4 * h,), jnp.float32)
+
+    def column(carry, i2s_BxHx4H):
+      h_prev, c_prev = carry
+      above = jnp.pad(h_prev, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+      s2s = (jnp.einsum('bhi,io->bho', above.astype(self.dtype),
+                        s2s_kernel[0]) +
+             jnp.einsum('bhi,io->bho', h_prev.astype(self.dtype),
+                        s2s_kernel[1]))
+      gates = (i2s_BxHx4H + s2s).astype(jnp.float32) + bias[None, None, :]
+      h_new, c_new = _lstm(gates, c_prev)
+      return (h_new, c_new), h_new
+
+    B, H, W, _ = x_BxHxWxF.shape
+    skewed = skew(i2s)                                 # [B, H, W+H-1, 4h]
+    zeros = jnp.zeros((B, H, h), jnp.float32)
+    _, h_SxBxHxH = jax.lax.scan(column, (zeros, zeros),
+                                jnp.moveaxis(skewed, 2, 0))
+    return unskew(jnp.moveaxis(h_SxBxHxH, 0, 2), W).astype(self.dtype)
+
+
+class DiagonalBiLSTMLayer(nn.Module):
+  """Diagonal BiLSTM: [B, H, W, 2h] (and the scaled image) -> [B, H, W, h].
+
+  `_DiagonalLSTM` sees everything above and to the left of a pixel; a second
+  one on the mirrored image sees everything above and to the right,
+  including the current row, so its output is shifted down one row before
+  the two are added.
+
+  As the paper describes it (``backward_image=False``) one sub-pixel is
+  still missed: the maps at (r, c) hold only the earlier channels of pixel
+  (r, c) (mask A in the first layer), so no map in row r holds the last
+  sub-pixel of the row, (r, W-1, C-1), and the right-to-left pass cannot
+  carry it; row r + 1 sees it only through the first layer's window, within
+  k0//2 columns of the right edge. The right-to-left pass may read all of
+  row r, its output being used one row down, so with ``backward_image=True``
+  (the default) it also reads the image itself (unmasked 1x1) and the layer
+  sees every earlier sub-pixel, at any distance (tests/test_pixelrnn.py
+  shows both).
+  """
+  hidden: int
+  num_colors: int = 1
+  backward_image: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxF: Array, image_BxHxWxC: Array) -> Array:
+    kwargs = dict(hidden=self.hidden, num_colors=self.num_colors,
+                  dtype=self.dtype)
+    left = _DiagonalLSTM(**kwargs, name='left')(x_BxHxWxF)
+    image = image_BxHxWxC[:, :, ::-1] if self.backward_image else None
+    right = _DiagonalLSTM(**kwargs, name='right')(x_BxHxWxF[:, :, ::-1],
+                                                  image)
+    # The mirrored pass saw the current row to the right of each pixel:
+    # shifted down one row it holds only rows above.
+    return left + shift_down(right[:, :, ::-1])
