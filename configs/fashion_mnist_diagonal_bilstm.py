@@ -3,9 +3,9 @@ CPU.
 
 7x7 mask-A convolution, 4 Diagonal BiLSTM layers of h = 32 (2h = 64
 residual maps), the 256-way softmax head; the default optimizer and
-schedule. --config.model.backward_image=False gives the layer exactly as the
-paper describes it (a one-sub-pixel gap, see gated_pixelcnn.layers). Sampling is
-naive.
+schedule. --config.model.backward_image=False gives the layer exactly as
+the paper describes it (a one-sub-pixel gap, see gated_pixelcnn.layers).
+Sampling is naive.
 """
 
 from configs import default
