@@ -282,10 +282,11 @@ class RowLSTMLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxF: Array) -> Array:
     k, h, C = self.kernel_size, self.hidden, self.num_colors
-    # Input-to-state for every row at once: the current pixel (mask B) and
-    # the k//2 pixels to its left (the taps to the right are masked off).
+    # Input-to-state for every row at once: the k x 1 masked convolution of
+    # the paper with its closed taps (right of the current pixel) cut off:
+    # 1 x (k//2+1), k//2 zero columns on the left, the current pixel last.
     i2s = MaskedConv(
-        4 * h, (1, k), ((0, 0), (k // 2, k // 2)), mask_type='B',
+        4 * h, (1, k // 2 + 1), horizontal_padding(k), mask_type='B',
         current=(0, k // 2), num_colors=C, out_halves=4, use_bias=False,
         dtype=self.dtype, name='input_to_state')(x_BxHxWxF)
     s2s_kernel = self.param('state_to_state', nn.initializers.lecun_normal(),
@@ -341,8 +342,12 @@ class _DiagonalLSTM(nn.Module):
                             (2, h, 4 * h), jnp.float32).astype(self.dtype)
     bias = self.param('bias', _gate_bias(h), (4 * h,), jnp.float32)
 
-    def column(carry, i2s_BxHx4H):
+    B, H, W, _ = x_BxHxWxF.shape
+    rows = jnp.arange(H)
+
+    def column(carry, inputs):
       h_prev, c_prev = carry
+      t, i2s_BxHx4H = inputs
       above = jnp.pad(h_prev, ((0, 0), (1, 0), (0, 0)))[:, :-1]
       s2s = (jnp.einsum('bhi,io->bho', above.astype(self.dtype),
                         s2s_kernel[0]) +
@@ -350,13 +355,17 @@ class _DiagonalLSTM(nn.Module):
                         s2s_kernel[1]))
       gates = (i2s_BxHx4H + s2s).astype(jnp.float32) + bias[None, None, :]
       h_new, c_new = _lstm(gates, c_prev)
+      # Cells the skew adds (before a row starts or after it ends) stay
+      # zero, as zero padding: row i holds pixel t - i at column t.
+      valid = ((t - rows >= 0) & (t - rows < W))[None, :, None]
+      h_new, c_new = jnp.where(valid, h_new, 0.0), jnp.where(valid, c_new, 0.0)
       return (h_new, c_new), h_new
 
-    B, H, W, _ = x_BxHxWxF.shape
     skewed = skew(i2s)                                 # [B, H, W+H-1, 4h]
     zeros = jnp.zeros((B, H, h), jnp.float32)
-    _, h_SxBxHxH = jax.lax.scan(column, (zeros, zeros),
-                                jnp.moveaxis(skewed, 2, 0))
+    _, h_SxBxHxH = jax.lax.scan(
+        column, (zeros, zeros),
+        (jnp.arange(W + H - 1), jnp.moveaxis(skewed, 2, 0)))
     return unskew(jnp.moveaxis(h_SxBxHxH, 0, 2), W).astype(self.dtype)
 
 

@@ -313,10 +313,6 @@ class RowLSTM(_PixelRNN):
   each layer sees a triangle above the pixel; k//2 pixels to the left in
   the current row through the masked input-to-state convolution."""
 
-  def __post_init__(self):
-    super().__post_init__()
-    _check_odd('kernel_size', self.kernel_size)
-
   def _lstm_layer(self):
     return layers.RowLSTMLayer, {'kernel_size': self.kernel_size}
 

@@ -44,8 +44,14 @@ def row_lstm_receptive_field(H, W, C, num_layers, kernel_size,
   to the left. Each layer: h(i, j) reads the input maps at (i, j-r..j)
   (masked 1 x k input-to-state) and h, c at (i-1, j-r..j+r) (1 x k
   state-to-state); the residual adds h to the maps.
+
+  Pixels, not sub-pixels: exact for C = 1, and for C = 3 while k//2 <= k0//2
+  (then the first layer already holds every channel of each pixel that the
+  unmasked state-to-state could carry a partial group of).
   """
   r, r0 = kernel_size // 2, first_kernel_size // 2
+  assert C == 1 or r <= r0, 'pixel-level reference: C = 1 or k//2 <= k0//2'
+
   x = np.zeros((H, W, H, W), bool)
   for i in range(H):
     for j in range(W):
@@ -131,15 +137,18 @@ def test_diagonal_bilstm_sees_every_earlier_sub_pixel(C, L, H, W):
       f'{np.argwhere(causal_order(H, W, C) & ~changed)[:5]}')
 
 
-@pytest.mark.parametrize('C,H,W', [(1, 6, 7), (3, 4, 6)])
-def test_paper_literal_diagonal_bilstm_misses_the_last_pixel_above(C, H, W):
+@pytest.mark.parametrize('C,L,H,W', [(1, 1, 6, 7), (1, 2, 5, 7),
+                                     (3, 1, 4, 6)])
+def test_paper_literal_diagonal_bilstm_misses_the_last_pixel_above(C, L, H,
+                                                                   W):
   """backward_image=False (the layer as the paper writes it): no leak, but
   the last sub-pixel of the row above, (i-1, W-1, C-1), is invisible from
   (i, j) for j < W-1-k0//2: no map in row i-1 holds it (the maps at a pixel
   hold only its earlier channels), and the first layer's window reaches it
-  only near the right edge. That, and nothing else, is missed."""
+  only near the right edge. That, and nothing else, is missed, at any
+  depth."""
   k0 = 7
-  model = _model(models.DiagonalBiLSTM, C, 1, first_kernel_size=k0,
+  model = _model(models.DiagonalBiLSTM, C, L, first_kernel_size=k0,
                  backward_image=False)
   changed = influence(model, H, W, C)
   i, j, c = _sub_pixels(H, W, C)
