@@ -20,6 +20,7 @@ and OUT/compare.png (subset test bits/dim against training time).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import pathlib
@@ -32,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 CONFIGS = {
-    'pixelcnn': 'configs/fashion_mnist_pixelcnn.py',
-    'row_lstm': 'configs/fashion_mnist_row_lstm.py',
-    'diagonal_bilstm': 'configs/fashion_mnist_diagonal_bilstm.py',
-    'gated_pixelcnn': 'configs/default.py',
+    'pixelcnn': 'configs.fashion_mnist_pixelcnn',
+    'row_lstm': 'configs.fashion_mnist_row_lstm',
+    'diagonal_bilstm': 'configs.fashion_mnist_diagonal_bilstm',
+    'gated_pixelcnn': 'configs.default',
 }
 LABELS = {'pixelcnn': 'PixelCNN', 'row_lstm': 'Row LSTM',
           'diagonal_bilstm': 'Diagonal BiLSTM',
@@ -43,9 +44,7 @@ LABELS = {'pixelcnn': 'PixelCNN', 'row_lstm': 'Row LSTM',
 
 
 def load_config(name: str):
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
-      f'compare_{name}', str(ROOT / CONFIGS[name])).get_config()
+  config = importlib.import_module(CONFIGS[name]).get_config()
   config.optimizer = 'rmsprop'
   config.learning_rate = 1e-3
   config.warmup_steps = 100

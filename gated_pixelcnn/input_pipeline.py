@@ -223,16 +223,13 @@ class TrainBatches:
       self._epoch, self._perm = epoch, rng.permutation(len(self._source))
     return self._perm
 
-  def global_indices(self, step: int) -> np.ndarray:
-    """Indices into the split of the whole global batch of ``step``."""
-    n = len(self._source)
-    return np.asarray([
-        self._permutation(k // n)[k % n]
-        for k in range(step * self._batch, (step + 1) * self._batch)])
-
   def indices(self, step: int) -> np.ndarray:
-    """Indices of this process's rows of the global batch of ``step``."""
-    return self.global_indices(step)[self._offset:self._offset + self._local]
+    """Indices into the split of this process's rows of the global batch of
+    ``step`` (positions step * B + offset ... of the epoch stream)."""
+    n = len(self._source)
+    first = step * self._batch + self._offset
+    return np.asarray([self._permutation(k // n)[k % n]
+                       for k in range(first, first + self._local)])
 
   def batch(self, step: int) -> Batch:
     examples = self._source.__getitems__(self.indices(step).tolist())

@@ -132,6 +132,12 @@ def _check_common(module) -> None:
                      f'{module.dtype!r}.')
 
 
+def _check_unconditional(module) -> None:
+  if module.num_classes:
+    raise ValueError(f'the {type(module).__name__} baseline is '
+                     f'unconditional; set model.num_classes = 0.')
+
+
 def scale_images(images: Array) -> Array:
   """Integer sub-pixels 0..255 to the network's float input in [-1, 1]."""
   return images.astype(jnp.float32) / 127.5 - 1.0
@@ -218,9 +224,7 @@ class PixelCNN(nn.Module):
 
   def __post_init__(self):
     _check_common(self)
-    if self.num_classes:
-      raise ValueError('the PixelCNN baseline is unconditional; set '
-                       'model.num_classes = 0.')
+    _check_unconditional(self)
     _check_divisible('features // 2', self.features // 2, self.num_channels)
     super().__post_init__()
 
@@ -271,9 +275,7 @@ class _PixelRNN(nn.Module):
 
   def __post_init__(self):
     _check_common(self)
-    if self.num_classes:
-      raise ValueError(f'the {type(self).__name__} baseline is '
-                       f'unconditional; set model.num_classes = 0.')
+    _check_unconditional(self)
     if self.features % 2:  # even and a multiple of C: h splits into C too
       raise ValueError(f'features = {self.features} (2h) must be even.')
     super().__post_init__()

@@ -730,11 +730,9 @@ def state_digest(state) -> str:
   same state. Arrays split over the mesh (shard_params) are left out."""
   digest = hashlib.sha256()
   for path, x in jax.tree_util.tree_leaves_with_path(state):
-    if isinstance(x, jax.Array) and not x.is_fully_replicated:
-      continue
-    digest.update(jax.tree_util.keystr(path).encode())
-    digest.update(np.asarray(x.addressable_data(0) if isinstance(
-        x, jax.Array) else x).tobytes())
+    if x.is_fully_replicated:
+      digest.update(jax.tree_util.keystr(path).encode())
+      digest.update(np.asarray(x.addressable_data(0)).tobytes())
   return digest.hexdigest()[:16]
 
 

@@ -19,6 +19,8 @@ from gated_pixelcnn import checkpointing
 from gated_pixelcnn import distributed
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import train
+from tests.test_train import _main
+from tests.test_train import _restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': ''}
@@ -56,11 +58,8 @@ def _free_port() -> int:
 
 
 def _command(workdir, config, *flags):
-  return [sys.executable, '-m', 'gated_pixelcnn.main',
-          '--config=configs/test.py', f'--workdir={workdir}',
-          f'--config.manual_dir={config.manual_dir}',
-          f'--config.data_dir={config.data_dir}',
-          '--config.eval_every_steps=100000', *flags]
+  """test_train's main.py command, with evaluation only at the end."""
+  return _main(workdir, config, '--config.eval_every_steps=100000', *flags)
 
 
 def _start_processes(workdir, config, log_dir, name, *flags):
@@ -93,15 +92,6 @@ def _wait(procs, logs, timeout=300):
   for p, text in zip(procs, texts):
     assert p.returncode == 0, text[-4000:]
   return texts
-
-
-def _final_state(config, workdir):
-  trainer = train.Trainer(config)  # the 8 devices of this test process
-  manager = checkpointing.create_manager(str(workdir), config.max_to_keep)
-  state, meta = checkpointing.restore_latest(manager, str(workdir),
-                                             trainer.abstract_state)
-  manager.close()
-  return state, meta
 
 
 def _wait_for(log, text, procs, timeout=300):
@@ -178,8 +168,8 @@ def test_two_processes_preempted_resume_and_match_one_process(
                f'--config.num_train_steps={stop + 3}'),
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-4000:]
-  a, meta_a = _final_state(fake_config, run)
-  b, meta_b = _final_state(fake_config, single)
+  a, meta_a = _restore(fake_config, str(run))
+  b, meta_b = _restore(fake_config, str(single))
   assert int(a.step) == int(b.step) == stop + 3
   assert (meta_a['process_count'], meta_b['process_count']) == (2, 1)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -210,7 +200,7 @@ def test_fsdp_training_end_to_end(fake_config, tmp_path):
     assert os.listdir(os.path.join(workdir, 'samples'))
   assert results[True]['bits_per_dim'] == pytest.approx(
       results[False]['bits_per_dim'], rel=1e-5)
-  state, _ = _final_state(fake_config, tmp_path / 'shardTrue')
+  state, _ = _restore(fake_config, str(tmp_path / 'shardTrue'))
   assert any('data' in x.sharding.spec
              for x in jax.tree_util.tree_leaves(state.params))
 
