@@ -134,4 +134,23 @@ def get_config() -> ml_collections.ConfigDict:
   # --mode=interpolate: two test-split indices and points on the line.
   config.sample.interpolate_pair = (0, 1)
   config.sample.num_interpolations = 8
+
+  # --mode=compress / decompress (gated_pixelcnn.compression): lossless
+  # coding with the model's conditionals. input: an image file, a folder of
+  # images, or tfds:SPLIT of the dataset (compress); a .gpx file or a folder
+  # of them (decompress). output: the .gpx file (compress), or a new folder
+  # (decompress: PNGs; compress with per_image: one .gpx per image).
+  config.compress = ml_collections.ConfigDict()
+  config.compress.input = ''
+  config.compress.output = ''
+  # Code only the first num_images inputs (0: all).
+  config.compress.num_images = 0
+  # One file per image (each coded alone) instead of one file for all.
+  config.compress.per_image = False
+  # Images coded together in one batch and range-coder stream; a file is
+  # decoded with the batch size it was written with.
+  config.compress.batch_size = 256
+  # Checkpoint step of the model that compresses (None: the newest).
+  # Decompress always uses the step a file names.
+  config.compress.step = placeholder(int)
   return config

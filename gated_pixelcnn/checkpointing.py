@@ -97,3 +97,24 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str,
         f'no checkpoint in {checkpoint_dir(workdir)} can be read:\n{listing}\n'
         + fix)
   return None
+
+
+def restore_step(manager: ocp.CheckpointManager, workdir: str,
+                 abstract_state: Any, step: int) -> Any:
+  """The state saved at ``step`` (read-only); CheckpointError if that step
+  is not there or cannot be read."""
+  manager.reload()
+  steps = sorted(manager.all_steps())
+  if step not in steps:
+    raise CheckpointError(
+        f'no checkpoint of step {step} in {checkpoint_dir(workdir)} (it has '
+        f'{steps or "none"}): the checkpoint was deleted (only the newest '
+        f'max_to_keep are kept) or this is another run.')
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        meta=ocp.args.JsonRestore()))
+  except Exception as e:  # Orbax raises many types for unreadable files.
+    raise CheckpointError(f'checkpoint {checkpoint_dir(workdir) / str(step)} '
+                          f'cannot be read ({type(e).__name__}: {e}).') from e
+  return restored['state']

@@ -2,7 +2,7 @@
 
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR \\
-      --mode=eval   # or sample, complete, reconstruct, embed_sample, ...
+      --mode=eval   # or sample, complete, reconstruct, compress, ...
   # any config value: --config.batch_size=64 --config.model.num_layers=12
   # every host of a pod (TPU VM workers, Slurm nodes) runs the same command:
   python -m gated_pixelcnn.main --distributed --config=configs/imagenet64.py \\
@@ -23,6 +23,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from gated_pixelcnn import compression
 from gated_pixelcnn import distributed
 from gated_pixelcnn import inference
 from gated_pixelcnn import train
@@ -34,7 +35,7 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'complete',
                                     'reconstruct', 'embed_sample',
-                                    'interpolate'],
+                                    'interpolate', 'compress', 'decompress'],
                   'train: train and evaluate, resuming from the newest '
                   'checkpoint; eval: bits/dim (or the model\'s metric) of the '
                   'newest checkpoint on the test split; sample: a grid of '
@@ -43,7 +44,8 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'complete',
                   'MSE reconstruction | PixelCNN samples given h); '
                   'embed_sample: samples given the embedding of test images; '
                   'interpolate: samples along the line between two test '
-                  'images\' h.')
+                  'images\' h; compress / decompress: lossless coding of '
+                  'images with the model (compress.*).')
 flags.DEFINE_bool(
     'distributed', False,
     'Multi-process run (one process per host): call '
@@ -67,7 +69,9 @@ MODES = {'train': train.train_and_evaluate,
          'complete': inference.complete_checkpoint,
          'reconstruct': inference.reconstruct_checkpoint,
          'embed_sample': inference.embed_sample_checkpoint,
-         'interpolate': inference.interpolate_checkpoint}
+         'interpolate': inference.interpolate_checkpoint,
+         'compress': compression.compress_checkpoint,
+         'decompress': compression.decompress_checkpoint}
 
 
 class _QuietOrbax(std_logging.Filter):

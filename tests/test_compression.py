@@ -1,0 +1,404 @@
+"""Lossless compression: exact round trips, size vs the model's NLL, bad input."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from gated_pixelcnn import checkpointing
+from gated_pixelcnn import compression
+from gated_pixelcnn import likelihood
+from gated_pixelcnn import models
+from gated_pixelcnn import sampling
+from gated_pixelcnn import train
+from tests import fake_data
+from tests.conftest import ROOT
+from tests.test_train import _main
+
+
+@pytest.fixture(scope='module')
+def run(fake_mnist_dir, fake_tfds_dir, tmp_path_factory):
+  """A tiny model trained 4 steps on the fake data (checkpoints 2 and 4)."""
+  from configs import test as test_config  # pylint: disable=g-import-not-at-top
+  config = test_config.get_config()
+  config.manual_dir = str(fake_mnist_dir)
+  config.data_dir = str(fake_tfds_dir)
+  workdir = str(tmp_path_factory.mktemp('compress_run'))
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _config(run, **compress):
+  config = run[0].copy_and_resolve_references()
+  config.compress.update(compress)
+  return config
+
+
+@pytest.fixture(scope='module')
+def codec(run):
+  return compression.Codec.from_workdir(run[0], run[1], batch_size=128)
+
+
+def _images(n, seed=0):
+  """Structured images plus the extremes: all 0, all 255, uniform noise."""
+  images = fake_data.images_with_structure(n, (28, 28, 1), seed)
+  rng = np.random.default_rng(seed)
+  images[0] = 0
+  images[1] = 255
+  images[2] = rng.integers(0, 256, (28, 28, 1))
+  return images
+
+
+def _nll_bits(codec, images) -> float:
+  logits = codec.model.apply(codec.variables, jnp.asarray(images, jnp.int32))
+  return float(-likelihood.log_prob(logits, jnp.asarray(images)).sum()
+               / np.log(2.0))
+
+
+def _header_bytes(header):
+  """Everything but the range-coder words: up to the payload, and the CRC."""
+  return header.payload_offset + 4
+
+
+def test_round_trip_is_exact_and_size_is_the_nll(codec):
+  images = _images(300)
+  data = codec.compress(images)
+  header = compression.read_header(data)
+  assert (header.num_images, header.batch, len(header.chunks)) == (300, 128, 3)
+  decoded, names = codec.decompress(data)
+  assert names is None
+  np.testing.assert_array_equal(decoded, images)
+  assert decoded.dtype == np.uint8
+  payload_bits = 8 * (len(data) - _header_bytes(header))
+  nll_bits = _nll_bits(codec, images)
+  assert abs(payload_bits - nll_bits) <= 0.01 * nll_bits, (payload_bits,
+                                                           nll_bits)
+  # The fixed part: magic, fields, names length, chunk table, CRC-32.
+  assert _header_bytes(header) == 8 + 36 + 4 + 12 * 3 + 4
+
+
+def test_encoder_and_decoder_see_identical_frequencies(codec):
+  """The property the round trip rests on, checked directly: every
+  sub-pixel's quantised distribution is the same integers on both sides, and
+  sums to 2**PRECISION_BITS with every value possible."""
+  images = _images(5, seed=3)
+  seen = {'enc': [], 'dec': []}
+  run_coder = sampling.run_coder
+
+  def spy(side):
+    def wrapped(model, variables, coder, **kw):
+      def recording(t, freqs):
+        seen[side].append(freqs.copy())
+        return coder(t, freqs)
+      return run_coder(model, variables, recording, **kw)
+    return wrapped
+
+  sampling.run_coder = spy('enc')
+  try:
+    data = codec.compress(images)
+    sampling.run_coder = spy('dec')
+    decoded, _ = codec.decompress(data)
+  finally:
+    sampling.run_coder = run_coder
+  np.testing.assert_array_equal(decoded, images)
+  enc, dec = np.stack(seen['enc']), np.stack(seen['dec'])
+  assert enc.shape == (28 * 28, 5, 256)
+  np.testing.assert_array_equal(enc, dec)
+  assert enc.min() >= 1
+  np.testing.assert_array_equal(enc.sum(-1), 2**sampling.PRECISION_BITS)
+  # The ideal code length of the quantised distributions is the NLL's to
+  # within the quantisation's bound (256 / 2**20 / ln 2 bits per sub-pixel).
+  flat = images.reshape(5, -1)
+  picked = enc[np.arange(784)[:, None], np.arange(5)[None], flat.T]
+  ideal = float(-np.log2(picked / 2.0**sampling.PRECISION_BITS).sum())
+  nll = _nll_bits(codec, images)
+  assert nll - 1e-3 * nll <= ideal <= nll + 256 / 2**20 / np.log(2) * flat.size
+  payload_bits = 8 * (len(data) - _header_bytes(compression.read_header(data)))
+  assert ideal <= payload_bits <= ideal + 64 + 1e-3 * ideal
+
+
+def test_quantized_frequencies_edge_cases():
+  logits = jnp.asarray(np.stack([
+      np.zeros(256), np.full(256, -1e30), np.r_[1e4, np.zeros(255)],
+      np.random.default_rng(0).normal(size=256) * 30]), jnp.float32)
+  freqs = np.asarray(sampling.quantized_frequencies(logits))
+  assert freqs.min() >= 1
+  np.testing.assert_array_equal(freqs.sum(-1), 2**20)
+  np.testing.assert_array_equal(freqs[:2], 4096)   # uniform: exact
+  assert freqs[2, 0] == 2**20 - 255
+
+
+def test_batches_padding_and_names(codec, run):
+  images = _images(20, seed=1)
+  names = [f'img{k}' for k in range(20)]
+  small = compression.Codec(codec.model, codec.variables['params'],
+                            image_shape=(28, 28, 1), model_config=run[0].model,
+                            step=codec.step, batch_size=7)
+  assert small.fingerprint == codec.fingerprint
+  data = small.compress(images, names)
+  assert compression.read_header(data).batch == 7
+  # Decoded with the file's batch size, whatever the codec's.
+  decoded, got = codec.decompress(data)
+  np.testing.assert_array_equal(decoded, images)
+  assert got == names
+  files = codec.compress_each(images[:3], names[:3])
+  for k, f in enumerate(files):
+    header = compression.read_header(f)
+    assert (header.num_images, header.batch, header.names) == (1, 1,
+                                                               [names[k]])
+    one, _ = codec.decompress(f)
+    np.testing.assert_array_equal(one[0], images[k])
+
+
+def test_colour_model_round_trip():
+  """RGB: sub-pixels in raster order, then R, G, B (mask B's groups)."""
+  model = models.GatedPixelCNN(num_layers=2, features=6, kernel_size=3,
+                               first_kernel_size=3, num_channels=3,
+                               head_features=6)
+  variables = model.init(jax.random.PRNGKey(0),
+                         jnp.zeros((1, 5, 6, 3), jnp.int32))
+  params = jax.tree_util.tree_map(lambda x: x * 3.0, variables['params'])
+  codec = compression.Codec(model, params, image_shape=(5, 6, 3),
+                            model_config={'C': 3}, step=0, batch_size=4)
+  images = np.random.default_rng(0).integers(0, 256, (9, 5, 6, 3),
+                                             dtype=np.uint8)
+  images[:, :, :, 1] = images[:, :, :, 0] // 2 + 7   # G depends on R
+  data = codec.compress(images)
+  decoded, _ = codec.decompress(data)
+  np.testing.assert_array_equal(decoded, images)
+  # Never above the NLL; below it where the sharpened random model gives a
+  # sub-pixel less than 2**-20, the quantisation's floor.
+  nll = _nll_bits(codec, images)
+  payload = 8 * (len(data) - _header_bytes(compression.read_header(data)))
+  assert payload <= 1.01 * nll
+
+
+# ------------------------------------------------------------- bad input
+
+
+def test_corrupted_or_truncated_files_fail_clearly(codec):
+  images = _images(10, seed=2)
+  data = codec.compress(images)
+  rng = np.random.default_rng(0)
+  positions = sorted({0, 5, 8, 9, 20, 40, 60, len(data) // 2, len(data) - 1,
+                      *rng.integers(0, len(data), 20).tolist()})
+  for pos in positions:
+    bad = bytearray(data)
+    bad[pos] ^= 1 << int(rng.integers(8))
+    with pytest.raises(compression.CompressionError,
+                       match='corrupted|not a gated_pixelcnn|version'):
+      codec.decompress(bytes(bad))
+  for length in (0, 3, 8, 30, 60, len(data) // 2, len(data) - 1):
+    with pytest.raises(compression.CompressionError,
+                       match='truncated|not a gated_pixelcnn'):
+      codec.decompress(data[:length])
+  with pytest.raises(compression.CompressionError, match='not a gated_pixel'):
+    codec.decompress(b'\x89PNG\r\n\x1a\n' + data[8:])
+
+
+def test_another_models_file_fails_before_decoding(codec, run):
+  data = codec.compress(_images(4))
+  older = compression.Codec.from_workdir(run[0], run[1], step=2)
+  assert older.step == 2 and codec.step == 4
+  with pytest.raises(compression.CompressionError,
+                     match='another model: step 4.*this model is step 2'):
+    older.decompress(data)
+  other_params = jax.tree_util.tree_map(lambda x: x + 1e-3,
+                                        codec.variables['params'])
+  other = compression.Codec(codec.model, other_params, image_shape=(28, 28, 1),
+                            model_config=run[0].model, step=4)
+  with pytest.raises(compression.CompressionError,
+                     match='same step, different config or parameters'):
+    other.decompress(data)
+
+
+def test_different_probabilities_are_caught_not_written(codec, run):
+  """A decoder whose floats differ (as on another machine) must fail on the
+  pixel digest, never return a wrong image."""
+  images = _images(6)
+  data = codec.compress(images)
+  params = jax.tree_util.tree_map(lambda x: x * 1.5, codec.variables['params'])
+  drifted = compression.Codec(codec.model, params, image_shape=(28, 28, 1),
+                              model_config=run[0].model, step=4)
+  drifted.fingerprint = codec.fingerprint   # pretend it is the same model
+  with pytest.raises(compression.CompressionError,
+                     match='differ from those compressed'):
+    drifted.decompress(data)
+
+
+def test_wrong_images_fail_clearly(codec, tmp_path):
+  with pytest.raises(compression.CompressionError, match='28, 28, 1'):
+    codec.compress(np.zeros((2, 32, 32, 1), np.uint8))
+  with pytest.raises(compression.CompressionError, match='28, 28, 1'):
+    codec.compress(np.zeros((2, 28, 28, 3), np.uint8))
+  with pytest.raises(compression.CompressionError, match='8-bit'):
+    codec.compress(np.full((2, 28, 28, 1), 300))
+  gray = np.zeros((28, 28), np.uint8)
+  cases = {
+      'big.png': (Image.fromarray(np.zeros((32, 28), np.uint8)), '28x32'),
+      'rgb.png': (Image.fromarray(np.zeros((28, 28, 3), np.uint8)), "'RGB'"),
+      'rgba.png': (Image.fromarray(np.zeros((28, 28, 4), np.uint8)), 'RGBA'),
+      'deep.png': (Image.fromarray(gray.astype(np.uint16) * 300), "'I;16'"),
+      'palette.png': (Image.fromarray(gray).convert('P'), "'P'"),
+  }
+  for name, (image, message) in cases.items():
+    image.save(tmp_path / name)
+    with pytest.raises(compression.CompressionError, match=message):
+      compression.read_image(tmp_path / name, (28, 28, 1))
+  (tmp_path / 'notes.txt').write_text('not an image')
+  with pytest.raises(compression.CompressionError, match='not an image file'):
+    compression.read_image(tmp_path / 'notes.txt', (28, 28, 1))
+  with pytest.raises(compression.CompressionError, match='unique'):
+    codec.compress(np.zeros((2, 28, 28, 1), np.uint8), ['a', 'a'])
+
+
+def test_models_that_cannot_compress_are_refused():
+  for model in (models.GatedPixelCNN(num_layers=1, features=4, num_classes=3),
+                models.PixelCNN(num_layers=1, features=4)):
+    with pytest.raises(compression.CompressionError, match='unconditional'):
+      compression.check_codable(model)
+
+
+# ------------------------------------------------------------- the modes
+
+
+def _png_folder(folder, images, names):
+  folder.mkdir()
+  for name, image in zip(names, images):
+    Image.fromarray(image[..., 0]).save(folder / f'{name}.png')
+
+
+def _read_pngs(folder):
+  return {f[:-4]: np.asarray(Image.open(folder / f))[..., None]
+          for f in sorted(os.listdir(folder))}
+
+
+def test_modes_round_trip_files_folders_and_splits(run, tmp_path):
+  config, workdir = run
+  images = _images(12, seed=5)
+  names = [f'shoe_{k:02d}' for k in range(12)]
+  _png_folder(tmp_path / 'in', images, names)
+  # A folder -> one file -> PNGs with the original names.
+  out = compression.compress_checkpoint(
+      _config(run, input=str(tmp_path / 'in'),
+              output=str(tmp_path / 'all.gpx')), workdir)
+  assert out == str(tmp_path / 'all.gpx')
+  compression.decompress_checkpoint(
+      _config(run, input=out, output=str(tmp_path / 'back')), workdir)
+  back = _read_pngs(tmp_path / 'back')
+  assert sorted(back) == sorted(names)
+  for k, name in enumerate(names):
+    np.testing.assert_array_equal(back[name], images[k])
+  # One file per image, decompressed as a folder; the older checkpoint.
+  compression.compress_checkpoint(
+      _config(run, input=str(tmp_path / 'in'), output=str(tmp_path / 'each'),
+              per_image=True, num_images=3, step=2), workdir)
+  assert sorted(os.listdir(tmp_path / 'each')) == [
+      f'shoe_{k:02d}.gpx' for k in range(3)]
+  compression.decompress_checkpoint(
+      _config(run, input=str(tmp_path / 'each'),
+              output=str(tmp_path / 'each_back')), workdir)
+  assert {k: v.tolist() for k, v in _read_pngs(tmp_path / 'each_back').items()
+          } == {n: images[k].tolist() for k, n in enumerate(names[:3])}
+  # The test split of the dataset, all 37 images.
+  out = compression.compress_checkpoint(
+      _config(run, input='tfds:test', output=str(tmp_path / 'test.gpx')),
+      workdir)
+  compression.decompress_checkpoint(
+      _config(run, input=out, output=str(tmp_path / 'test_back')), workdir)
+  pngs = _read_pngs(tmp_path / 'test_back')
+  expected, _ = compression.load_inputs(_config(run, input='tfds:test'),
+                                        (28, 28, 1))[:2]
+  assert len(pngs) == 37 == len(expected)
+  np.testing.assert_array_equal(np.stack(list(pngs.values())), expected)
+
+
+def test_modes_leave_nothing_behind_on_bad_input(run, tmp_path):
+  config, workdir = run
+  images = _images(4, seed=6)
+  _png_folder(tmp_path / 'in', images, 'abcd')
+  good = compression.compress_checkpoint(
+      _config(run, input=str(tmp_path / 'in'),
+              output=str(tmp_path / 'files' / 'good.gpx')), workdir)
+  before = sorted(os.listdir(tmp_path))
+  data = open(good, 'rb').read()
+
+  def fails(match, **compress):
+    with pytest.raises((compression.CompressionError,
+                        checkpointing.CheckpointError), match=match):
+      mode = compress.pop('mode')
+      mode(_config(run, **compress), workdir)
+    assert sorted(os.listdir(tmp_path)) == before
+    assert open(good, 'rb').read() == data
+
+  # A non-image among the inputs: nothing is coded or written.
+  (tmp_path / 'in' / 'readme.txt').write_text('hello')
+  fails('readme.txt is not an image', mode=compression.compress_checkpoint,
+        input=str(tmp_path / 'in'), output=str(tmp_path / 'new.gpx'))
+  os.remove(tmp_path / 'in' / 'readme.txt')
+  # Never overwrite existing work.
+  fails('already exists', mode=compression.compress_checkpoint,
+        input=str(tmp_path / 'in'), output=good)
+  fails('set --config.compress.input', mode=compression.compress_checkpoint,
+        output=str(tmp_path / 'new.gpx'))
+  fails("no split 'validation'", mode=compression.compress_checkpoint,
+        input='tfds:validation', output=str(tmp_path / 'new.gpx'))
+  # A corrupted file next to a good one: no output folder at all.
+  bad = bytearray(data)
+  bad[len(bad) // 2] ^= 0xFF
+  (tmp_path / 'files' / 'bad.gpx').write_bytes(bytes(bad))
+  fails('bad.gpx is truncated or corrupted',
+        mode=compression.decompress_checkpoint,
+        input=str(tmp_path / 'files'), output=str(tmp_path / 'out'))
+  os.remove(tmp_path / 'files' / 'bad.gpx')
+  (tmp_path / 'files' / 'photo.png').write_bytes(
+      (tmp_path / 'in' / 'a.png').read_bytes())
+  fails('photo.png is not a gated_pixelcnn compressed file',
+        mode=compression.decompress_checkpoint,
+        input=str(tmp_path / 'files'), output=str(tmp_path / 'out'))
+  os.remove(tmp_path / 'files' / 'photo.png')
+  # An output folder that is not empty is never written into.
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'keep.png').write_bytes(b'mine')
+  before = sorted(os.listdir(tmp_path))
+  fails('already exists', mode=compression.decompress_checkpoint,
+        input=good, output=str(tmp_path / 'full'))
+  assert os.listdir(tmp_path / 'full') == ['keep.png']
+
+
+def test_decompress_checks_the_checkpoint_of_the_file(run, tmp_path):
+  config, workdir = run
+  images = _images(3)
+  codec = compression.Codec.from_workdir(config, workdir)
+  (tmp_path / 'x.gpx').write_bytes(codec.compress(images))
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'no checkpoint of step 4 in .*\(it has none\)'):
+    compression.decompress_checkpoint(
+        _config(run, input=str(tmp_path / 'x.gpx'),
+                output=str(tmp_path / 'out')), str(tmp_path / 'empty_run'))
+  assert not (tmp_path / 'out').exists()
+
+
+def test_main_compress_and_decompress(run, tmp_path):
+  config, workdir = run
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  out = tmp_path / 'five.gpx'
+  logs = []
+  for args in (['--mode=compress', '--config.compress.input=tfds:test',
+                '--config.compress.num_images=5',
+                f'--config.compress.output={out}'],
+               ['--mode=decompress', f'--config.compress.input={out}',
+                f'--config.compress.output={tmp_path / "five"}']):
+    proc = subprocess.run(_main(workdir, config, *args), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs.append(proc.stderr)
+  assert 'bits/dim (header included)' in logs[0]
+  assert 'matched its pixel digest' in logs[1]
+  assert sorted(os.listdir(tmp_path / 'five')) == [
+      f'{k:05d}.png' for k in range(5)]
