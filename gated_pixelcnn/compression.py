@@ -181,11 +181,12 @@ class Codec:
 
   @classmethod
   def from_workdir(cls, config: ml_collections.ConfigDict, workdir: str,
-                   step: int | None = None, batch_size: int | None = None
-                   ) -> Codec:
+                   step: int | None = None, batch_size: int | None = None,
+                   trainer: train.Trainer | None = None) -> Codec:
     """The model of ``config`` at checkpoint ``step`` (None: the newest) in
     ``workdir``, read-only; images of the training data's shape."""
-    trainer = train.Trainer(config)
+    if trainer is None:
+      trainer = train.Trainer(config)
     check_codable(trainer.model, config)
     state = restore(config, workdir, trainer, step)
     if batch_size is None:
@@ -542,6 +543,13 @@ def load_inputs(config, image_shape
   return images, [p.stem for p in files], f'{spec} ({len(files)} images)'
 
 
+def _check_one_process() -> None:
+  if jax.process_count() > 1:
+    raise CompressionError(
+        'compress and decompress run in one process: start them without '
+        '--distributed (one host codes a file in sequence).')
+
+
 def _check_new_output(path: epath.Path, kind: str) -> None:
   if path.exists() and not (path.is_dir() and not any(path.iterdir())):
     raise CompressionError(
@@ -591,6 +599,7 @@ def compress_checkpoint(config: ml_collections.ConfigDict,
                         workdir: str) -> str:
   """--mode=compress: compress.input -> compress.output (a .gpx file, or with
   compress.per_image a folder of one .gpx per image)."""
+  _check_one_process()
   out = _output(config)
   _check_new_output(out, 'folder' if config.compress.per_image else 'file')
   trainer = train.Trainer(config)
@@ -599,7 +608,8 @@ def compress_checkpoint(config: ml_collections.ConfigDict,
   if config.compress.per_image:
     stems = names or [f'{k:05d}' for k in range(len(images))]
     _check_names(stems, len(images))
-  codec = Codec.from_workdir(config, workdir, config.compress.step)
+  codec = Codec.from_workdir(config, workdir, config.compress.step,
+                             trainer=trainer)
   logging.info('Compressing %s with the model of step %d (fingerprint %s).',
                what, codec.step, codec.fingerprint.hex())
   start = time.time()
@@ -622,6 +632,7 @@ def decompress_checkpoint(config: ml_collections.ConfigDict,
                           workdir: str) -> str:
   """--mode=decompress: compress.input (a .gpx file or a folder of them) ->
   PNG files in the folder compress.output."""
+  _check_one_process()
   spec = config.compress.input
   if not spec:
     raise CompressionError('set --config.compress.input: a .gpx file or a '

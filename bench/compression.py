@@ -1,0 +1,223 @@
+"""Lossless compression of a dataset split: the model's range coder against
+PNG, WebP and JPEG-XL (lossless), and encode/decode speed.
+
+  python bench/compression.py --workdir=/path/to/trained/run \\
+      [--config=configs/default.py] [--split=test] [--num_images=0] \\
+      [--batch_size=256] [--per_image=200] [--out=docs/compression]
+
+Measures, on the same images (the whole split by default):
+* the model's NLL in bits/dim from its parallel forward pass (what eval
+  reports);
+* bits/dim actually written by `Codec.compress` (one .gpx file for all the
+  images, header included), encode and decode images/s (compile excluded),
+  and that every decoded image equals the original;
+* the same for --per_image images coded one file each (header per image);
+* PNG (zlib level 9, optimize), WebP lossless (method 6) and, if the
+  pillow-jxl-plugin package is installed (`pip install -e .[bench]`),
+  JPEG-XL lossless (effort 9): each image encoded alone, file bytes counted,
+  decoded back and checked equal.
+Prints a table and writes OUT/results.json.
+"""
+
+import argparse
+import importlib
+import io
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# This file's folder must not be on the path: JAX probes for Python 3.14's
+# `compression` package, which this script's name would shadow.
+sys.path[:] = [p for p in sys.path
+               if pathlib.Path(p or '.').resolve() != ROOT / 'bench']
+sys.path.insert(0, str(ROOT))
+
+from absl import logging  # pylint: disable=g-import-not-at-top
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from gated_pixelcnn import compression  # pylint: disable=g-import-not-at-top
+from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import likelihood
+from gated_pixelcnn import train
+
+try:
+  import pillow_jxl  # pylint: disable=g-import-not-at-top,unused-import
+  HAVE_JXL = True
+except ImportError:
+  HAVE_JXL = False
+
+CODECS = {
+    'PNG': ('PNG', {'optimize': True, 'compress_level': 9}),
+    'WebP lossless': ('WEBP', {'lossless': True, 'quality': 100,
+                               'method': 6}),
+    'JPEG-XL lossless': ('JXL', {'lossless': True, 'effort': 9}),
+}
+
+
+def _config(path):
+  """configs/NAME.py -> its get_config() (the module, imported by name)."""
+  rel = pathlib.Path(path).resolve().relative_to(ROOT)
+  module = importlib.import_module('.'.join(rel.with_suffix('').parts))
+  return module.get_config()
+
+
+def model_nll(codec, images, batch=256) -> float:
+  """Bits/dim of the images under the model's parallel forward pass."""
+  apply = jax.jit(codec.model.apply)
+  total = 0.0
+  for lo in range(0, len(images), batch):
+    x = jnp.asarray(images[lo:lo + batch], jnp.int32)
+    total += float(-likelihood.log_prob(apply(codec.variables, x), x).sum())
+  return total / (images.size * math.log(2.0))
+
+
+def _same(decoded, image) -> bool:
+  """Equal pixels; WebP has no grayscale mode and returns gray as R=G=B."""
+  decoded = decoded.reshape(image.shape[:2] + (-1,))
+  if image.shape[-1] == 1:
+    return all(np.array_equal(decoded[..., k:k + 1], image)
+               for k in range(decoded.shape[-1]))
+  return np.array_equal(decoded, image)
+
+
+def image_codec(name, images):
+  fmt, options = CODECS[name]
+  sizes, start = [], time.perf_counter()
+  encoded = []
+  for image in images:
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+        buf, format=fmt, **options)
+    encoded.append(buf.getvalue())
+    sizes.append(len(buf.getvalue()))
+  encode_s = time.perf_counter() - start
+  start = time.perf_counter()
+  decoded = [np.asarray(Image.open(io.BytesIO(d))) for d in encoded]
+  decode_s = time.perf_counter() - start
+  exact = all(_same(d, x) for d, x in zip(decoded, images))
+  return {'bits_per_dim': 8 * sum(sizes) / images.size,
+          'bytes': sum(sizes), 'encode_images_per_s': len(images) / encode_s,
+          'decode_images_per_s': len(images) / decode_s, 'exact': exact}
+
+
+def model_codec(codec, images, per_image: int):
+  codec.compress(images[:codec.batch_size])          # compile, warm up
+  start = time.perf_counter()
+  data = codec.compress(images, progress=True)
+  encode_s = time.perf_counter() - start
+  start = time.perf_counter()
+  decoded, _ = codec.decompress(data, progress=True)
+  decode_s = time.perf_counter() - start
+  header = compression.read_header(data)
+  out = {'one_file': {
+      'bits_per_dim': 8 * len(data) / images.size, 'bytes': len(data),
+      'header_bytes': header.payload_offset + 4,
+      'payload_bits_per_dim': 8 * (len(data) - header.payload_offset - 4)
+                              / images.size,
+      'batch_size': codec.batch_size,
+      'encode_images_per_s': len(images) / encode_s,
+      'decode_images_per_s': len(images) / decode_s,
+      'exact': bool(np.array_equal(decoded, images))}}
+  if per_image:
+    part = images[:per_image]
+    codec.compress_each(part[:1])                     # compile batch 1
+    start = time.perf_counter()
+    files = codec.compress_each(part)
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    back = np.concatenate([codec.decompress(f)[0] for f in files])
+    decode_s = time.perf_counter() - start
+    out['per_image'] = {
+        'num_images': len(part),
+        'bits_per_dim': 8 * sum(map(len, files)) / part.size,
+        'header_bytes_per_file': compression.read_header(
+            files[0]).payload_offset + 4,
+        'encode_images_per_s': len(part) / encode_s,
+        'decode_images_per_s': len(part) / decode_s,
+        'exact': bool(np.array_equal(back, part))}
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--workdir', required=True,
+                      help='a trained run (e.g. of configs/default.py)')
+  parser.add_argument('--config', default=str(ROOT / 'configs/default.py'))
+  parser.add_argument('--split', default='test')
+  parser.add_argument('--num_images', type=int, default=0, help='0: all')
+  parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--per_image', type=int, default=200,
+                      help='images coded one file each (0: skip)')
+  parser.add_argument('--out', default=None,
+                      help='folder for results.json (default: print only)')
+  args = parser.parse_args()
+  logging.set_verbosity(logging.INFO)   # progress and ETA of the coding
+
+  config = _config(args.config)
+  config.compress.input = f'tfds:{args.split}'
+  config.compress.num_images = args.num_images
+  trainer = train.Trainer(config)
+  images, _, what = compression.load_inputs(config, trainer.spec.image_shape)
+  codec = compression.Codec.from_workdir(config, args.workdir,
+                                         batch_size=args.batch_size)
+  print(f'{what}, model step {codec.step} of {args.workdir}, '
+        f'{platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} cores', flush=True)
+
+  results = {'images': what, 'num_images': len(images),
+             'image_shape': list(images.shape[1:]), 'step': codec.step,
+             'workdir': args.workdir, 'config': args.config,
+             'jax': jax.__version__, 'cores': os.cpu_count(),
+             'model_nll_bits_per_dim': model_nll(codec, images)}
+  results.update(model_codec(codec, images, args.per_image))
+  for name in CODECS:
+    if name.startswith('JPEG-XL') and not HAVE_JXL:
+      print('JPEG-XL skipped: pip install pillow-jxl-plugin (the bench '
+            'extra).')
+      continue
+    results[name] = image_codec(name, images)
+
+  one = results['one_file']
+  rows = [('model NLL (eval, parallel forward)',
+           results['model_nll_bits_per_dim'], None, None, None),
+          (f'gated_pixelcnn, one file (batch {one["batch_size"]})',
+           one['bits_per_dim'], one['encode_images_per_s'],
+           one['decode_images_per_s'], one['exact'])]
+  if 'per_image' in results:
+    p = results['per_image']
+    rows.append((f'gated_pixelcnn, one file per image ({p["num_images"]})',
+                 p['bits_per_dim'], p['encode_images_per_s'],
+                 p['decode_images_per_s'], p['exact']))
+  for name in CODECS:
+    if name in results:
+      r = results[name]
+      rows.append((f'{name} (each image alone)', r['bits_per_dim'],
+                   r['encode_images_per_s'], r['decode_images_per_s'],
+                   r['exact']))
+  print('| codec | bits/dim | encode images/s | decode images/s | exact |')
+  print('|---|---|---|---|---|')
+  for name, bpd, enc, dec, exact in rows:
+    fmt = lambda v: '' if v is None else f'{v:,.1f}'  # pylint: disable=unnecessary-lambda-assignment
+    print(f'| {name} | {bpd:.4f} | {fmt(enc)} | {fmt(dec)} | '
+          f'{"" if exact is None else ("yes" if exact else "NO")} |')
+  overhead = one['bits_per_dim'] / results['model_nll_bits_per_dim'] - 1
+  print(f'written / NLL - 1 = {100 * overhead:.3f}% (header '
+        f'{one["header_bytes"]} bytes)')
+  if args.out:
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+    print(f'wrote {out / "results.json"}')
+
+
+if __name__ == '__main__':
+  main()
