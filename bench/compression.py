@@ -11,6 +11,7 @@ Measures, on the same images (the whole split by default):
 * bits/dim actually written by `Codec.compress` (one .gpx file for all the
   images, header included), encode and decode images/s (compile excluded),
   and that every decoded image equals the original;
+* the same loop with a coder that does nothing (the network's share);
 * the same for --per_image images coded one file each (header per image);
 * PNG (zlib level 9, optimize), WebP lossless (method 6) and, if the
   pillow-jxl-plugin package is installed (`pip install -e .[bench]`),
@@ -47,6 +48,7 @@ from PIL import Image
 from gated_pixelcnn import compression  # pylint: disable=g-import-not-at-top
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import likelihood
+from gated_pixelcnn import sampling
 from gated_pixelcnn import train
 
 try:
@@ -118,14 +120,23 @@ def model_codec(codec, images, per_image: int):
   decoded, _ = codec.decompress(data, progress=True)
   decode_s = time.perf_counter() - start
   header = compression.read_header(data)
+  # The same compiled loop with a coder that does nothing: the network's
+  # share of the time.
+  batch = min(codec.batch_size, len(images))
+  start = time.perf_counter()
+  sampling.run_coder(codec.model, codec.variables,
+                     lambda t, freqs: np.zeros(len(freqs), np.int32),
+                     batch_size=batch, image_shape=codec.image_shape)
+  loop_s = time.perf_counter() - start
   out = {'one_file': {
       'bits_per_dim': 8 * len(data) / images.size, 'bytes': len(data),
-      'header_bytes': header.payload_offset + 4,
-      'payload_bits_per_dim': 8 * (len(data) - header.payload_offset - 4)
+      'header_bytes': header.overhead_bytes,
+      'payload_bits_per_dim': 8 * (len(data) - header.overhead_bytes)
                               / images.size,
       'batch_size': codec.batch_size,
       'encode_images_per_s': len(images) / encode_s,
       'decode_images_per_s': len(images) / decode_s,
+      'loop_without_coder_images_per_s': batch / loop_s,
       'exact': bool(np.array_equal(decoded, images))}}
   if per_image:
     part = images[:per_image]
@@ -140,7 +151,7 @@ def model_codec(codec, images, per_image: int):
         'num_images': len(part),
         'bits_per_dim': 8 * sum(map(len, files)) / part.size,
         'header_bytes_per_file': compression.read_header(
-            files[0]).payload_offset + 4,
+            files[0]).overhead_bytes,
         'encode_images_per_s': len(part) / encode_s,
         'decode_images_per_s': len(part) / decode_s,
         'exact': bool(np.array_equal(back, part))}
@@ -168,7 +179,8 @@ def main():
   trainer = train.Trainer(config)
   images, _, what = compression.load_inputs(config, trainer.spec.image_shape)
   codec = compression.Codec.from_workdir(config, args.workdir,
-                                         batch_size=args.batch_size)
+                                         batch_size=args.batch_size,
+                                         trainer=trainer)
   print(f'{what}, model step {codec.step} of {args.workdir}, '
         f'{platform.processor() or platform.machine()}, '
         f'{os.cpu_count()} cores', flush=True)
@@ -211,7 +223,9 @@ def main():
           f'{"" if exact is None else ("yes" if exact else "NO")} |')
   overhead = one['bits_per_dim'] / results['model_nll_bits_per_dim'] - 1
   print(f'written / NLL - 1 = {100 * overhead:.3f}% (header '
-        f'{one["header_bytes"]} bytes)')
+        f'{one["header_bytes"]} bytes); the coding loop with a coder that '
+        f'does nothing: {one["loop_without_coder_images_per_s"]:.1f} '
+        'images/s')
   if args.out:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -66,9 +66,7 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str,
   failures = []
   for step in steps:
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          meta=ocp.args.JsonRestore()))
+      restored = _restore(manager, step, abstract_state)
     except Exception as e:  # Orbax raises many types for unreadable files.
       failures.append((step, e))
       continue
@@ -99,10 +97,17 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str,
   return None
 
 
+
+def _restore(manager, step, abstract_state):
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      meta=ocp.args.JsonRestore()))
+
+
 def restore_step(manager: ocp.CheckpointManager, workdir: str,
                  abstract_state: Any, step: int) -> Any:
-  """The state saved at ``step`` (read-only); CheckpointError if that step
-  is not there or cannot be read."""
+  """The state saved at ``step``, never moving files; CheckpointError if
+  that step is not there or cannot be read."""
   manager.reload()
   steps = sorted(manager.all_steps())
   if step not in steps:
@@ -111,10 +116,7 @@ def restore_step(manager: ocp.CheckpointManager, workdir: str,
         f'{steps or "none"}): the checkpoint was deleted (only the newest '
         f'max_to_keep are kept) or this is another run.')
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
+    return _restore(manager, step, abstract_state)['state']
   except Exception as e:  # Orbax raises many types for unreadable files.
     raise CheckpointError(f'checkpoint {checkpoint_dir(workdir) / str(step)} '
                           f'cannot be read ({type(e).__name__}: {e}).') from e
-  return restored['state']

@@ -18,24 +18,7 @@ differently (another platform or XLA version): every chunk's pixels carry a
 digest, checked after decoding, so such a file fails with a clear error
 instead of giving a wrong image.
 
-File format (little-endian), version 1:
-
-  magic           8 bytes  b'\\x89GPX\\r\\n\\x1a\\n'
-  version         u8
-  fingerprint     16 bytes sha256(model config, checkpoint step,
-                           parameter digest)[:16]
-  step            u32      checkpoint step of the model
-  platform        u8       0 cpu, 1 gpu, 2 tpu, 3 other (where it was encoded)
-  precision       u8       bits of the quantised distributions (20)
-  H, W            u16 each
-  C               u8
-  num_images      u32
-  batch           u32      images coded together (the decoder's batch shape)
-  names           u32 length, then zlib('\\n'.join(stems)) (length 0: none)
-  chunk table     per chunk of `batch` images: u32 payload words, 8-byte
-                  blake2b digest of the chunk's pixels
-  payload         each chunk's range-coder words (u32)
-  crc32           u32 of everything above
+The file format is in `gated_pixelcnn.container`.
 """
 
 from __future__ import annotations
@@ -50,7 +33,6 @@ import shutil
 import struct
 import tempfile
 import time
-import zlib
 
 from absl import logging
 import constriction
@@ -61,42 +43,20 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
-from gated_pixelcnn import checkpointing
+from gated_pixelcnn import container
 from gated_pixelcnn import generate
+from gated_pixelcnn import inference
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
+from gated_pixelcnn.container import CompressionError
+from gated_pixelcnn.container import read_header
 
-MAGIC = b'\x89GPX\r\n\x1a\n'
-VERSION = 1
-SUFFIX = '.gpx'
-PLATFORMS = ('cpu', 'gpu', 'tpu', 'other')
-_FIXED = struct.Struct('<B16sIBBHHBII')   # version .. batch
-_CHUNK = struct.Struct('<I8s')            # payload words, pixel digest
-_U32 = struct.Struct('<I')
+SUFFIX = container.SUFFIX
 # The range coder's model: the quantised frequencies of each sub-pixel, as
 # float64 (exact for integers), renormalised by constriction deterministically.
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
-
-
-class CompressionError(ValueError):
-  """Bad input for compress/decompress; the message says what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Header:
-  """What a compressed file says about itself (see the module docstring)."""
-  fingerprint: bytes
-  step: int
-  platform: str
-  precision: int
-  image_shape: tuple[int, int, int]
-  num_images: int
-  batch: int
-  names: list[str] | None
-  chunks: list[tuple[int, bytes]]   # (payload words, pixel digest)
-  payload_offset: int
 
 
 # ------------------------------------------------------------ the model side
@@ -113,26 +73,22 @@ def params_digest(params) -> bytes:
   return h.digest()
 
 
-def model_fingerprint(model_config, step: int, params) -> bytes:
-  """16 bytes naming the exact model: its config, checkpoint step and
-  parameters."""
-  if isinstance(model_config, ml_collections.ConfigDict):
-    model_config = model_config.to_dict()
+def model_fingerprint(model, step: int, params) -> bytes:
+  """16 bytes naming the exact model: its configuration (the module's
+  fields), checkpoint step and parameters."""
+  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.name not in ('parent', 'name')}
   h = hashlib.sha256(b'gated_pixelcnn compression model\n')
-  h.update(json.dumps(model_config, sort_keys=True).encode())
+  h.update(f'{type(model).__name__}\n'.encode())
+  h.update(json.dumps(fields, sort_keys=True, default=str).encode())
   h.update(struct.pack('<Q', step))
   h.update(params_digest(params))
   return h.digest()[:16]
 
 
-def pixel_digest(images: np.ndarray) -> bytes:
-  return hashlib.blake2b(np.ascontiguousarray(images, np.uint8).tobytes(),
-                         digest_size=8).digest()
-
-
 def _platform() -> str:
   name = jax.devices()[0].platform
-  return name if name in PLATFORMS else 'other'
+  return name if name in container.PLATFORMS else 'other'
 
 
 def check_codable(model, config=None) -> None:
@@ -160,24 +116,26 @@ class Codec:
     images, names = codec.decompress(data)                # exact
 
   ``batch_size`` images are coded together (one range-coder stream per
-  batch); a file decodes with the batch size it was written with.
+  batch); a file decodes with the batch size it was written with. Each new
+  batch size compiles the coding loop once.
   """
 
   def __init__(self, model, params, *, image_shape: tuple[int, int, int],
-               model_config, step: int, batch_size: int = 256):
+               step: int, batch_size: int = 256):
     check_codable(model)
     if batch_size < 1:
       raise CompressionError(f'batch_size must be >= 1, got {batch_size}.')
-    H, W, C = image_shape
-    if C != model.num_channels:
-      raise CompressionError(f'image_shape {image_shape} has {C} channels; '
-                             f'the model has {model.num_channels}.')
+    image_shape = tuple(int(d) for d in image_shape)
+    container.check_fields(step, image_shape)
+    if image_shape[2] != model.num_channels:
+      raise CompressionError(f'image_shape {image_shape} has {image_shape[2]} '
+                             f'channels; the model has {model.num_channels}.')
     self.model = model
     self.variables = {'params': params}
-    self.image_shape = tuple(int(d) for d in image_shape)
+    self.image_shape = image_shape
     self.step = int(step)
     self.batch_size = batch_size
-    self.fingerprint = model_fingerprint(model_config, self.step, params)
+    self.fingerprint = model_fingerprint(model, self.step, params)
 
   @classmethod
   def from_workdir(cls, config: ml_collections.ConfigDict, workdir: str,
@@ -188,14 +146,13 @@ class Codec:
     if trainer is None:
       trainer = train.Trainer(config)
     check_codable(trainer.model, config)
-    state = restore(config, workdir, trainer, step)
-    if batch_size is None:
-      batch_size = config.compress.batch_size
+    _, state = inference.restore(config, workdir, read_only=True, step=step,
+                                 trainer=trainer)
     return cls(trainer.model,
                generate.host_params(trainer.eval_params(state)),
-               image_shape=trainer.spec.image_shape,
-               model_config=config.model, step=int(state.step),
-               batch_size=batch_size)
+               image_shape=trainer.spec.image_shape, step=int(state.step),
+               batch_size=(config.compress.batch_size if batch_size is None
+                           else batch_size))
 
   # -------------------------------------------------------------- encode
 
@@ -205,11 +162,15 @@ class Codec:
       raise CompressionError(
           f'images must be [N, {", ".join(map(str, self.image_shape))}] '
           f'(the model\'s image shape), got shape {images.shape}.')
+    container.check_fields(self.step, self.image_shape, len(images))
     if images.dtype != np.uint8:
-      if not np.issubdtype(images.dtype, np.integer) or (
-          images.size and (images.min() < 0 or images.max() > 255)):
-        raise CompressionError(f'images must be 8-bit values 0..255, got '
-                               f'dtype {images.dtype}.')
+      if not np.issubdtype(images.dtype, np.integer):
+        raise CompressionError(f'images must be integers 0..255, got dtype '
+                               f'{images.dtype}.')
+      if images.min() < 0 or images.max() > 255:
+        raise CompressionError(
+            f'images must be 8-bit values 0..255, got values '
+            f'{images.min()}..{images.max()}.')
       images = images.astype(np.uint8)
     return images
 
@@ -218,69 +179,58 @@ class Codec:
     """A compressed file holding ``images`` (uint8 [N, H, W, C]) and their
     optional ``names`` (file stems, restored by decompress)."""
     images = self.check_images(images)
-    names = _check_names(names, len(images))
+    names = container.check_names(names, len(images))
     n = len(images)
-    batch = max(1, min(self.batch_size, n))
-    chunks, payload = [], []
-    start = time.time()
-    for k, lo in enumerate(range(0, n, batch)):
+    batch = min(self.batch_size, n)
+    chunks, start = [], time.time()
+    for lo in range(0, n, batch):
       part = images[lo:lo + batch]
-      words = self._encode_chunk(part, batch)
-      chunks.append((len(words), pixel_digest(part)))
-      payload.append(words.astype('<u4').tobytes())
+      chunks.append((self._encode_chunk(part, batch),
+                     container.pixel_digest(part)))
       if progress:
         _log_progress('Compressed', lo + len(part), n, start,
-                      sum(map(len, payload)) * 8, self.image_shape)
-    return self._container(n, batch, names, chunks, b''.join(payload))
+                      32 * sum(len(w) for w, _ in chunks), self.image_shape)
+    return self._pack(n, batch, names, chunks)
 
   def compress_each(self, images, names: list[str] | None = None,
                     progress: bool = False) -> list[bytes]:
     """One self-contained file per image (each coded alone, batch 1)."""
     images = self.check_images(images)
-    names = _check_names(names, len(images))
+    names = container.check_names(names, len(images))
     start, out = time.time(), []
     for k in range(len(images)):
-      words = self._encode_chunk(images[k:k + 1], 1)
-      out.append(self._container(
+      one = images[k:k + 1]
+      out.append(self._pack(
           1, 1, None if names is None else [names[k]],
-          [(len(words), pixel_digest(images[k:k + 1]))],
-          words.astype('<u4').tobytes()))
+          [(self._encode_chunk(one, 1), container.pixel_digest(one))]))
       if progress and ((k + 1) % 64 == 0 or k + 1 == len(images)):
         _log_progress('Compressed', k + 1, len(images), start,
-                      sum(len(d) for d in out) * 8, self.image_shape)
+                      8 * sum(len(d) for d in out), self.image_shape)
     return out
 
-  def _container(self, n, batch, names, chunks, payload) -> bytes:
-    H, W, C = self.image_shape
-    blob = b'' if names is None else zlib.compress('\n'.join(names).encode(),
-                                                   9)
-    parts = [MAGIC,
-             _FIXED.pack(VERSION, self.fingerprint, self.step,
-                         PLATFORMS.index(_platform()),
-                         sampling.PRECISION_BITS, H, W, C, n, batch),
-             _U32.pack(len(blob)), blob,
-             b''.join(_CHUNK.pack(w, d) for w, d in chunks), payload]
-    body = b''.join(parts)
-    return body + _U32.pack(zlib.crc32(body))
+  def _pack(self, n, batch, names, chunks) -> bytes:
+    return container.pack(
+        fingerprint=self.fingerprint, step=self.step, platform=_platform(),
+        precision=sampling.PRECISION_BITS, image_shape=self.image_shape,
+        num_images=n, batch=batch, names=names, chunks=chunks)
 
   def _run(self, coder, batch) -> np.ndarray:
     return sampling.run_coder(self.model, self.variables, coder,
                               batch_size=batch, image_shape=self.image_shape)
 
   def _encode_chunk(self, images: np.ndarray, batch: int) -> np.ndarray:
+    """Range-coder words for up to ``batch`` images, coded as one batch
+    (padded with zero images, which are not coded)."""
     n = len(images)
     padded = np.zeros((batch, math.prod(self.image_shape)), np.int32)
     padded[:n] = images.reshape(n, -1)   # column t = sub-pixel t
     encoder = constriction.stream.queue.RangeEncoder()
     position = [0]
 
-    def coder(t, freqs):
-      if t != position[0]:
-        raise RuntimeError(f'sub-pixel {t} coded out of order (expected '
-                           f'{position[0]}).')
-      position[0] += 1
+    def coder(t, freqs_Bx256):
+      _check_order(t, position)
       values = padded[:, t]
-      encoder.encode(values[:n], _FAMILY, freqs[:n].astype(np.float64))
+      encoder.encode(values[:n], _FAMILY, freqs_Bx256[:n].astype(np.float64))
       return values
 
     canvas = self._run(coder, batch)
@@ -291,7 +241,8 @@ class Codec:
 
   # -------------------------------------------------------------- decode
 
-  def check_header(self, header: Header, what: str = 'the file') -> None:
+  def check_header(self, header: container.Header,
+                   what: str = 'the file') -> None:
     """Clear errors for a file this codec cannot decode."""
     if header.fingerprint != self.fingerprint:
       same_step = header.step == self.step
@@ -319,8 +270,8 @@ class Codec:
 
     Raises CompressionError, before decoding, for a file that is not one,
     is truncated or corrupted, or was made by another model; and after
-    decoding if the pixels differ from those compressed (this machine
-    computes the model's probabilities differently): never a wrong image.
+    decoding if the pixels differ from those compressed: never a wrong
+    image.
     """
     header = read_header(data, what)
     self.check_header(header, what)
@@ -331,56 +282,50 @@ class Codec:
     out = np.zeros((header.num_images,) + self.image_shape, np.uint8)
     offset, start = header.payload_offset, time.time()
     for k, (num_words, digest) in enumerate(header.chunks):
-      lo = k * header.batch
-      n = min(header.batch, header.num_images - lo)
+      lo, n = header.chunk_images(k)
       words = np.frombuffer(data, '<u4', num_words, offset).astype(np.uint32)
       offset += 4 * num_words
       images = self._decode_chunk(words, n, header.batch, what)
-      if pixel_digest(images) != digest:
+      if container.pixel_digest(images) != digest:
         raise CompressionError(
             f'decoding {what} gave pixels that differ from those compressed '
-            f'(images {lo}..{lo + n - 1}): this machine ({_platform()}, JAX '
-            f'{jax.__version__}) computes the model\'s probabilities '
-            f'differently from the one that compressed it '
-            f'({header.platform}). Decompress on the kind of machine and '
-            f'software that compressed it. Nothing was written.')
+            f'(images {lo}..{lo + n - 1}): either the file was altered, or '
+            f'this machine ({_platform()}, JAX {jax.__version__}) computes '
+            f'the model\'s probabilities differently from the one that '
+            f'compressed it ({header.platform}); then decompress on the kind '
+            f'of machine and software that compressed it. Nothing was '
+            f'written.')
       out[lo:lo + n] = images
       if progress:
         _log_progress('Decompressed', lo + n, header.num_images, start,
-                      offset * 8, self.image_shape)
+                      8 * (offset - header.payload_offset), self.image_shape)
     return out, header.names
 
   def _decode_chunk(self, words, n, batch, what) -> np.ndarray:
     decoder = constriction.stream.queue.RangeDecoder(words)
+    position = [0]
 
-    def coder(t, freqs):
-      del t
+    def coder(t, freqs_Bx256):
+      _check_order(t, position)
       values = np.zeros(batch, np.int32)
-      values[:n] = decoder.decode(_FAMILY, freqs[:n].astype(np.float64))
+      values[:n] = decoder.decode(_FAMILY,
+                                  freqs_Bx256[:n].astype(np.float64))
       return values
 
     try:
       canvas = self._run(coder, batch)
-    except (ValueError, RuntimeError) as e:
-      raise CompressionError(f'cannot decode {what}: {e}') from e
+    except Exception as e:  # constriction raises AssertionError on bad data
+      raise CompressionError(f'cannot decode {what} ({type(e).__name__}: '
+                             f'{e}); the file was altered. Nothing was '
+                             'written.') from e
     return canvas[:n]
 
 
-def _check_names(names, n):
-  if names is None:
-    return None
-  names = [str(x) for x in names]
-  if len(names) != n:
-    raise CompressionError(f'{len(names)} names for {n} images.')
-  for x in names:
-    if not x or '\n' in x or '/' in x or x in ('.', '..'):
-      raise CompressionError(f'bad image name {x!r}: names are file stems '
-                             '(no "/", no newline).')
-  if len(set(names)) != n:
-    dup = sorted({x for x in names if names.count(x) > 1})
-    raise CompressionError(f'image names must be unique; repeated: {dup[:5]} '
-                           '(e.g. a.png and a.jpg both decompress to a.png).')
-  return names
+def _check_order(t: int, position: list[int]) -> None:
+  if t != position[0]:
+    raise RuntimeError(f'sub-pixel {t} coded out of order (expected '
+                       f'{position[0]}).')
+  position[0] += 1
 
 
 def _log_progress(verb, done, total, start, bits, image_shape):
@@ -392,83 +337,7 @@ def _log_progress(verb, done, total, start, bits, image_shape):
                (total - done) / max(rate, 1e-9))
 
 
-def read_header(data: bytes, what: str = 'the file') -> Header:
-  """Parses and checks a compressed file (magic, version, checksum, layout)
-  without a model; CompressionError says what is wrong."""
-  if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
-    raise CompressionError(
-        f'{what} is not a gated_pixelcnn compressed file (it does not start '
-        f'with the {SUFFIX} magic bytes); decompress takes files written by '
-        '--mode=compress.')
-  minimum = len(MAGIC) + _FIXED.size + _U32.size * 2
-  if len(data) < minimum:
-    raise CompressionError(f'{what} is truncated ({len(data)} bytes): it '
-                           'cannot be decoded.')
-  version = data[len(MAGIC)]
-  if version != VERSION:
-    raise CompressionError(
-        f'{what} is format version {version}; this gated_pixelcnn reads '
-        f'version {VERSION}. Use the gated_pixelcnn version that wrote it.')
-  (crc,) = _U32.unpack_from(data, len(data) - 4)
-  if zlib.crc32(data[:-4]) != crc:
-    raise CompressionError(
-        f'{what} is truncated or corrupted (its CRC-32 does not match): it '
-        'cannot be decoded. Nothing was written.')
-  try:
-    return _parse(data)
-  except (struct.error, zlib.error, UnicodeDecodeError, ValueError) as e:
-    raise CompressionError(f'{what} is malformed ({e}) although its checksum '
-                           'matches: it was not written by this version of '
-                           'gated_pixelcnn.') from e
-
-
-def _parse(data: bytes) -> Header:
-  pos = len(MAGIC)
-  (_, fingerprint, step, platform, precision, H, W, C, n,
-   batch) = _FIXED.unpack_from(data, pos)
-  pos += _FIXED.size
-  (blob_len,) = _U32.unpack_from(data, pos)
-  pos += _U32.size
-  names = None
-  if blob_len:
-    names = zlib.decompress(data[pos:pos + blob_len]).decode().split('\n')
-    if len(names) != n:
-      raise ValueError(f'{len(names)} names for {n} images')
-  pos += blob_len
-  if platform >= len(PLATFORMS) or min(H, W, C, batch) < 1 or n < 1:
-    raise ValueError('bad header fields')
-  num_chunks = -(-n // batch)
-  chunks = [_CHUNK.unpack_from(data, pos + k * _CHUNK.size)
-            for k in range(num_chunks)]
-  pos += num_chunks * _CHUNK.size
-  if pos + 4 * sum(w for w, _ in chunks) != len(data) - 4:
-    raise ValueError('payload length does not match the chunk table')
-  return Header(fingerprint=fingerprint, step=step,
-                platform=PLATFORMS[platform], precision=precision,
-                image_shape=(H, W, C), num_images=n, batch=batch, names=names,
-                chunks=chunks, payload_offset=pos)
-
-
 # ------------------------------------------------------- files and the modes
-
-
-def restore(config, workdir: str, trainer: train.Trainer,
-            step: int | None) -> train.TrainState:
-  """The state at ``step`` (None: the newest readable), never moving files."""
-  manager = checkpointing.create_manager(workdir, config.max_to_keep)
-  try:
-    if step is None:
-      restored = checkpointing.restore_latest(
-          manager, workdir, trainer.abstract_state, read_only=True)
-      if restored is None:
-        raise checkpointing.CheckpointError(
-            f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}; '
-            'train first (--mode=train) or point --workdir at a trained run.')
-      return restored[0]
-    return checkpointing.restore_step(manager, workdir,
-                                      trainer.abstract_state, step)
-  finally:
-    manager.close()
 
 
 def read_image(path, image_shape) -> np.ndarray:
@@ -479,10 +348,14 @@ def read_image(path, image_shape) -> np.ndarray:
     with Image.open(path) as im:
       im.load()
       mode, size = im.mode, im.size
+      frames = getattr(im, 'n_frames', 1)
       array = np.asarray(im)
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise CompressionError(f'{path} is not an image file Pillow can read '
                            f'({e}).') from e
+  if frames > 1:
+    raise CompressionError(f'{path} holds {frames} frames; compress takes '
+                           'single images.')
   if mode != expected:
     raise CompressionError(
         f'{path} is a {mode!r} image; this model codes 8-bit '
@@ -496,11 +369,13 @@ def read_image(path, image_shape) -> np.ndarray:
   return array.reshape(H, W, C)
 
 
-def _image_files(folder: epath.Path) -> list[epath.Path]:
+def _files(folder: epath.Path, suffix: str | None = None) -> list[epath.Path]:
+  """The non-hidden files of a folder (ending in ``suffix``), sorted."""
   files = sorted(p for p in folder.iterdir()
-                 if not p.name.startswith('.') and p.is_file())
+                 if not p.name.startswith('.') and p.is_file()
+                 and (suffix is None or p.name.endswith(suffix)))
   if not files:
-    raise CompressionError(f'{folder} has no files to compress.')
+    raise CompressionError(f'{folder} has no {suffix or ""} files.')
   return files
 
 
@@ -536,7 +411,7 @@ def load_inputs(config, image_shape
   path = epath.Path(spec)
   if not path.exists():
     raise CompressionError(f'compress.input {spec} does not exist.')
-  files = _image_files(path) if path.is_dir() else [path]
+  files = _files(path) if path.is_dir() else [path]
   if limit:
     files = files[:limit]
   images = np.stack([read_image(p, image_shape) for p in files])
@@ -550,49 +425,66 @@ def _check_one_process() -> None:
         '--distributed (one host codes a file in sequence).')
 
 
-def _check_new_output(path: epath.Path, kind: str) -> None:
-  if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-    raise CompressionError(
-        f'compress.output {path} already exists; choose a new {kind} (it is '
-        'never overwritten).')
-
-
-def _output(config) -> epath.Path:
+def _output(config, folder: bool) -> epath.Path:
+  """compress.output: set, and new (a folder may exist if empty)."""
   if not config.compress.output:
     raise CompressionError('set --config.compress.output: the file (or, for '
                            'decompress and compress.per_image, the folder) '
                            'to write.')
-  return epath.Path(config.compress.output)
+  path = epath.Path(config.compress.output)
+  if path.exists() and not (folder and path.is_dir()
+                            and not any(path.iterdir())):
+    raise CompressionError(
+        f'compress.output {path} already exists; choose a new '
+        f'{"folder" if folder else "file"} (it is never overwritten).')
+  return path
+
+
+def _readable(path) -> None:
+  """Permissions of a new file or folder under the umask (mkstemp gives
+  0600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
 def _write_folder(dst: epath.Path, files: dict[str, bytes]) -> None:
-  """Writes every file into a temporary sibling, then renames it into place:
-  an interrupted run leaves no partial output."""
+  """Writes every file into a temporary sibling, then renames it into place
+  (which fails if ``dst`` has become non-empty): an interrupted or failed
+  run leaves no partial output."""
   dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = epath.Path(tempfile.mkdtemp(prefix=f'.{dst.name}.partial-',
-                                    dir=dst.parent))
+  tmp = tempfile.mkdtemp(prefix=f'.{dst.name}.partial-', dir=dst.parent)
   try:
     for name, data in files.items():
-      (tmp / name).write_bytes(data)
-    if dst.exists():
-      dst.rmdir()   # empty (checked before)
-    tmp.rename(dst)
+      if os.path.basename(name) != name or name.startswith('.'):
+        raise CompressionError(f'refusing to write {name!r}: not a plain '
+                               'file name.')
+      path = os.path.join(tmp, name)
+      with open(path, 'xb') as f:
+        f.write(data)
+      _readable(path)
+    _readable(tmp)
+    os.rename(tmp, dst)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
 
 
 def _write_file(dst: epath.Path, data: bytes) -> None:
+  """Writes a temporary sibling, then links it to ``dst`` (which fails if
+  ``dst`` has appeared meanwhile: nothing is overwritten)."""
   dst.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f'.{dst.name}.partial-', dir=dst.parent)
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
-    os.replace(tmp, dst)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    _readable(tmp)
+    os.link(tmp, dst)
+  except FileExistsError as e:
+    raise CompressionError(f'{dst} appeared while compressing; it was not '
+                           'overwritten.') from e
+  finally:
+    os.remove(tmp)
 
 
 def compress_checkpoint(config: ml_collections.ConfigDict,
@@ -600,38 +492,36 @@ def compress_checkpoint(config: ml_collections.ConfigDict,
   """--mode=compress: compress.input -> compress.output (a .gpx file, or with
   compress.per_image a folder of one .gpx per image)."""
   _check_one_process()
-  out = _output(config)
-  _check_new_output(out, 'folder' if config.compress.per_image else 'file')
+  per_image = config.compress.per_image
+  out = _output(config, folder=per_image)
   trainer = train.Trainer(config)
-  check_codable(trainer.model, config)
-  images, names, what = load_inputs(config, trainer.spec.image_shape)
-  if config.compress.per_image:
-    stems = names or [f'{k:05d}' for k in range(len(images))]
-    _check_names(stems, len(images))
   codec = Codec.from_workdir(config, workdir, config.compress.step,
                              trainer=trainer)
+  images, names, what = load_inputs(config, trainer.spec.image_shape)
+  if per_image and names is None:
+    names = [f'{k:05d}' for k in range(len(images))]
   logging.info('Compressing %s with the model of step %d (fingerprint %s).',
                what, codec.step, codec.fingerprint.hex())
   start = time.time()
-  if config.compress.per_image:
-    files = codec.compress_each(images, stems, progress=True)
-    _write_folder(out, {f'{s}{SUFFIX}': d for s, d in zip(stems, files)})
+  if per_image:
+    files = codec.compress_each(images, names, progress=True)
+    _write_folder(out, {f'{s}{SUFFIX}': d for s, d in zip(names, files)})
     size = sum(len(d) for d in files)
   else:
     data = codec.compress(images, names, progress=True)
     _write_file(out, data)
     size = len(data)
-  dims = images.size
   logging.info('Wrote %s: %d images, %d bytes, %.4f bits/dim (header '
-               'included), %.1f images/s.', out, len(images), size, 8 * size / dims,
-               len(images) / (time.time() - start))
+               'included), %.1f images/s.', out, len(images), size,
+               8 * size / images.size, len(images) / (time.time() - start))
   return str(out)
 
 
 def decompress_checkpoint(config: ml_collections.ConfigDict,
                           workdir: str) -> str:
   """--mode=decompress: compress.input (a .gpx file or a folder of them) ->
-  PNG files in the folder compress.output."""
+  PNG files in the new folder compress.output. Uses the checkpoint step the
+  files name (compress.step is ignored)."""
   _check_one_process()
   spec = config.compress.input
   if not spec:
@@ -640,15 +530,17 @@ def decompress_checkpoint(config: ml_collections.ConfigDict,
   src = epath.Path(spec)
   if not src.exists():
     raise CompressionError(f'compress.input {spec} does not exist.')
-  out = _output(config)
-  _check_new_output(out, 'folder')
-  paths = _image_files(src) if src.is_dir() else [src]
+  out = _output(config, folder=True)
+  paths = _files(src, SUFFIX) if src.is_dir() else [src]
   blobs = {p: p.read_bytes() for p in paths}
   headers = {p: read_header(d, str(p)) for p, d in blobs.items()}
   steps = sorted({h.step for h in headers.values()})
   if len(steps) > 1:
     raise CompressionError(f'{spec} holds files of several checkpoint steps '
                            f'{steps}; decompress them separately.')
+  if config.compress.step is not None and config.compress.step != steps[0]:
+    logging.warning('compress.step = %d is ignored: the files name step %d.',
+                    config.compress.step, steps[0])
   codec = Codec.from_workdir(config, workdir, steps[0])
   for p, h in headers.items():   # all checked before any decoding
     codec.check_header(h, str(p))
@@ -658,10 +550,10 @@ def decompress_checkpoint(config: ml_collections.ConfigDict,
                                      what=str(p))
     if names is None:
       width = max(5, len(str(len(images) - 1)))
-      names = ([p.stem] if len(paths) > 1 and len(images) == 1 else
-               [f'{k:0{width}d}' for k in range(len(images))])
-      if len(paths) > 1 and len(images) > 1:
-        names = [f'{p.stem}_{x}' for x in names]
+      names = [f'{k:0{width}d}' for k in range(len(images))]
+      if len(paths) > 1:
+        names = [p.stem] if len(images) == 1 else [
+            f'{p.stem}_{x}' for x in names]
     for name, image in zip(names, images):
       if f'{name}.png' in pngs:
         raise CompressionError(f'two images decode to {name}.png; decompress '

@@ -20,12 +20,24 @@ from gated_pixelcnn import train
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str,
-            read_only: bool = False) -> tuple[train.Trainer, train.TrainState]:
-  """The trainer for ``config`` and the newest readable state in ``workdir``
-  (``read_only``: see `checkpointing.restore_latest`)."""
-  trainer = train.Trainer(config)
+            read_only: bool = False, step: int | None = None,
+            trainer: train.Trainer | None = None
+            ) -> tuple[train.Trainer, train.TrainState]:
+  """The trainer for ``config`` and its state in ``workdir``: the newest
+  readable one, or that of ``step`` (``read_only``: see
+  `checkpointing.restore_latest`; a given step never moves files)."""
+  if trainer is None:
+    trainer = train.Trainer(config)
+  if (step is not None or read_only) and not (
+      checkpointing.checkpoint_dir(workdir).exists()):
+    raise checkpointing.CheckpointError(
+        f'no checkpoints in {checkpointing.checkpoint_dir(workdir)}: point '
+        '--workdir at a trained run.')
   manager = checkpointing.create_manager(workdir, config.max_to_keep)
   try:
+    if step is not None:
+      return trainer, checkpointing.restore_step(manager, workdir,
+                                                 trainer.abstract_state, step)
     restored = checkpointing.restore_latest(manager, workdir,
                                             trainer.abstract_state,
                                             read_only=read_only)

@@ -148,32 +148,40 @@ def run_coder(model, variables, coder: Callable[[int, np.ndarray], np.ndarray],
   _check(model, 'cached', image_shape, batch_size, None, 1.0, None, None)
   _check_conditioning_params(model, variables, None, None, None)
   canvas = jnp.zeros((batch_size, H, W, C), jnp.int32)
-  with _coder_lock:
+  # On GPUs XLA picks kernels by timing them; the coding program is compiled
+  # without that autotuning so that every run computes the same floats.
+  loop = _cached_gpu_untuned if jax.devices()[0].platform == 'gpu' else (
+      _cached)
+  with _coder_lock:   # one coder at a time (the callback reads _coder)
     _coder, _coder_error[:] = coder, []
     try:
-      out = _cached(model, variables, jax.random.PRNGKey(0), canvas,
-                    jnp.asarray(0, jnp.int32), jnp.asarray(1.0, jnp.float32),
-                    'code', {}, jnp.zeros((H, W, C), bool))
+      out = loop(model, variables, jax.random.PRNGKey(0), canvas,
+                 jnp.asarray(0, jnp.int32), jnp.asarray(1.0, jnp.float32),
+                 'code', {}, jnp.zeros((H, W, C), bool))
       out = np.asarray(out).astype(np.uint8)
+      error = _coder_error[0] if _coder_error else None
     finally:
-      _coder = None
-    if _coder_error:
-      raise _coder_error[0]
+      _coder, _coder_error[:] = None, []
+    if error is not None:
+      raise error
   return out
 
 
-def _call_coder(t, freqs) -> np.ndarray:
+def _call_coder(t, freqs_Bx256) -> np.ndarray:
+  """The host side of the loop's io_callback: the running coder's values."""
+  B = freqs_Bx256.shape[0]
   if _coder_error:  # stop doing work after a failure; re-raised after
-    return np.zeros(freqs.shape[:1], np.int32)
+    return np.zeros(B, np.int32)
   try:
-    values = np.asarray(_coder(int(t), np.asarray(freqs)))
-    if values.shape != freqs.shape[:1]:
-      raise ValueError(f'the coder returned values of shape {values.shape}, '
-                       f'expected {freqs.shape[:1]}.')
+    values = np.asarray(_coder(int(t), np.asarray(freqs_Bx256)))
+    if values.shape != (B,) or not np.issubdtype(values.dtype, np.integer) or (
+        values.min() < 0 or values.max() >= models.NUM_VALUES):
+      raise ValueError(f'the coder returned {values!r} for sub-pixel {t}; '
+                       f'expected {B} integers in 0..{models.NUM_VALUES - 1}.')
     return values.astype(np.int32)
-  except BaseException as e:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
     _coder_error.append(e)
-    return np.zeros(freqs.shape[:1], np.int32)
+    return np.zeros(B, np.int32)
 
 
 def quantized_frequencies(logits_Bx256: Array,
@@ -364,9 +372,8 @@ def _layer_weights(model, params, l, h_BxD, dtype) -> _Layer:
             if 'spatial_cond' in w else None))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def _cached(model, variables, rng, canvas, num_observed, temperature, draw,
-            cond, fixed):
+def _cached_loop(model, variables, rng, canvas, num_observed, temperature,
+                 draw, cond, fixed):
   """Rows, then pixels, then channels: caches as in the module docstring."""
   B, H, W, C = canvas.shape
   p, L = model.features, model.num_layers
@@ -485,3 +492,8 @@ def _cached(model, variables, rng, canvas, num_observed, temperature, draw,
                   for l in range(1, L)])
   canvas, _ = jax.lax.fori_loop(0, H, row, (canvas, cache))
   return canvas
+
+
+_cached = jax.jit(_cached_loop, static_argnums=(0, 6))
+_cached_gpu_untuned = jax.jit(_cached_loop, static_argnums=(0, 6),
+                              compiler_options={'xla_gpu_autotune_level': 0})

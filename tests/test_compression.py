@@ -1,8 +1,10 @@
 """Lossless compression: exact round trips, size vs the model's NLL, bad input."""
 
 import os
+import shutil
+import struct
 import subprocess
-import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +46,23 @@ def codec(run):
   return compression.Codec.from_workdir(run[0], run[1], batch_size=128)
 
 
+@pytest.fixture(scope='module')
+def sharp():
+  """A random tiny model with sharpened (x2) weights and 300 images drawn
+  from it: about 5 bits/dim, so a coder that ignored the model (8 bits) is
+  far outside the 1% the size test allows."""
+  model = models.GatedPixelCNN(num_layers=2, features=8, kernel_size=3,
+                               first_kernel_size=3, head_features=16)
+  variables = model.init(jax.random.PRNGKey(0),
+                         jnp.zeros((1, 28, 28, 1), jnp.int32))
+  params = jax.tree_util.tree_map(lambda x: x * 2.0, variables['params'])
+  images = np.asarray(sampling.sample(
+      model, {'params': params}, jax.random.PRNGKey(1), num_samples=300,
+      image_shape=(28, 28, 1)))
+  return compression.Codec(model, params, image_shape=(28, 28, 1), step=0,
+                           batch_size=128), images
+
+
 def _images(n, seed=0):
   """Structured images plus the extremes: all 0, all 255, uniform noise."""
   images = fake_data.images_with_structure(n, (28, 28, 1), seed)
@@ -60,33 +79,36 @@ def _nll_bits(codec, images) -> float:
                / np.log(2.0))
 
 
-def _header_bytes(header):
-  """Everything but the range-coder words: up to the payload, and the CRC."""
-  return header.payload_offset + 4
+def _payload_bits(data) -> int:
+  return 8 * (len(data) - compression.read_header(data).overhead_bytes)
 
 
-def test_round_trip_is_exact_and_size_is_the_nll(codec):
-  images = _images(300)
+def test_round_trip_is_exact_and_size_is_the_nll(sharp):
+  codec, images = sharp
   data = codec.compress(images)
   header = compression.read_header(data)
   assert (header.num_images, header.batch, len(header.chunks)) == (300, 128, 3)
   decoded, names = codec.decompress(data)
-  assert names is None
+  assert names is None and decoded.dtype == np.uint8
   np.testing.assert_array_equal(decoded, images)
-  assert decoded.dtype == np.uint8
-  payload_bits = 8 * (len(data) - _header_bytes(header))
   nll_bits = _nll_bits(codec, images)
-  assert abs(payload_bits - nll_bits) <= 0.01 * nll_bits, (payload_bits,
-                                                           nll_bits)
+  assert nll_bits / images.size < 6.0   # the test can tell a model from none
+  assert abs(_payload_bits(data) - nll_bits) <= 0.01 * nll_bits, (
+      _payload_bits(data), nll_bits)
   # The fixed part: magic, fields, names length, chunk table, CRC-32.
-  assert _header_bytes(header) == 8 + 36 + 4 + 12 * 3 + 4
+  assert header.overhead_bytes == 8 + 36 + 4 + 12 * 3 + 4
+  # Values the model finds very unlikely round-trip too (each costs at most
+  # 20 bits, the 2**-20 floor).
+  extremes = _images(4)[:3]
+  np.testing.assert_array_equal(
+      codec.decompress(codec.compress(extremes))[0], extremes)
 
 
-def test_encoder_and_decoder_see_identical_frequencies(codec):
+def test_encoder_and_decoder_see_identical_frequencies(sharp, monkeypatch):
   """The property the round trip rests on, checked directly: every
   sub-pixel's quantised distribution is the same integers on both sides, and
   sums to 2**PRECISION_BITS with every value possible."""
-  images = _images(5, seed=3)
+  codec, images = sharp[0], sharp[1][:5]
   seen = {'enc': [], 'dec': []}
   run_coder = sampling.run_coder
 
@@ -98,13 +120,10 @@ def test_encoder_and_decoder_see_identical_frequencies(codec):
       return run_coder(model, variables, recording, **kw)
     return wrapped
 
-  sampling.run_coder = spy('enc')
-  try:
-    data = codec.compress(images)
-    sampling.run_coder = spy('dec')
-    decoded, _ = codec.decompress(data)
-  finally:
-    sampling.run_coder = run_coder
+  monkeypatch.setattr(sampling, 'run_coder', spy('enc'))
+  data = codec.compress(images)
+  monkeypatch.setattr(sampling, 'run_coder', spy('dec'))
+  decoded, _ = codec.decompress(data)
   np.testing.assert_array_equal(decoded, images)
   enc, dec = np.stack(seen['enc']), np.stack(seen['dec'])
   assert enc.shape == (28 * 28, 5, 256)
@@ -118,8 +137,7 @@ def test_encoder_and_decoder_see_identical_frequencies(codec):
   ideal = float(-np.log2(picked / 2.0**sampling.PRECISION_BITS).sum())
   nll = _nll_bits(codec, images)
   assert nll - 1e-3 * nll <= ideal <= nll + 256 / 2**20 / np.log(2) * flat.size
-  payload_bits = 8 * (len(data) - _header_bytes(compression.read_header(data)))
-  assert ideal <= payload_bits <= ideal + 64 + 1e-3 * ideal
+  assert ideal <= _payload_bits(data) <= ideal + 64 + 1e-4 * ideal
 
 
 def test_quantized_frequencies_edge_cases():
@@ -137,8 +155,8 @@ def test_batches_padding_and_names(codec, run):
   images = _images(20, seed=1)
   names = [f'img{k}' for k in range(20)]
   small = compression.Codec(codec.model, codec.variables['params'],
-                            image_shape=(28, 28, 1), model_config=run[0].model,
-                            step=codec.step, batch_size=7)
+                            image_shape=(28, 28, 1), step=codec.step,
+                            batch_size=7)
   assert small.fingerprint == codec.fingerprint
   data = small.compress(images, names)
   assert compression.read_header(data).batch == 7
@@ -163,8 +181,8 @@ def test_colour_model_round_trip():
   variables = model.init(jax.random.PRNGKey(0),
                          jnp.zeros((1, 5, 6, 3), jnp.int32))
   params = jax.tree_util.tree_map(lambda x: x * 3.0, variables['params'])
-  codec = compression.Codec(model, params, image_shape=(5, 6, 3),
-                            model_config={'C': 3}, step=0, batch_size=4)
+  codec = compression.Codec(model, params, image_shape=(5, 6, 3), step=0,
+                            batch_size=4)
   images = np.random.default_rng(0).integers(0, 256, (9, 5, 6, 3),
                                              dtype=np.uint8)
   images[:, :, :, 1] = images[:, :, :, 0] // 2 + 7   # G depends on R
@@ -174,8 +192,7 @@ def test_colour_model_round_trip():
   # Never above the NLL; below it where the sharpened random model gives a
   # sub-pixel less than 2**-20, the quantisation's floor.
   nll = _nll_bits(codec, images)
-  payload = 8 * (len(data) - _header_bytes(compression.read_header(data)))
-  assert payload <= 1.01 * nll
+  assert _payload_bits(data) <= 1.01 * nll
 
 
 # ------------------------------------------------------------- bad input
@@ -201,6 +218,70 @@ def test_corrupted_or_truncated_files_fail_clearly(codec):
     codec.decompress(b'\x89PNG\r\n\x1a\n' + data[8:])
 
 
+def _with_crc(body: bytes) -> bytes:
+  return body + struct.pack('<I', zlib.crc32(body))
+
+
+def _altered_payload(data: bytes) -> bytes:
+  """The file with its first payload word changed and a valid CRC-32."""
+  at = compression.read_header(data).payload_offset
+  body = bytearray(data[:-4])
+  body[at] ^= 0x5A
+  return _with_crc(bytes(body))
+
+
+def _with_fields(data: bytes, **fields) -> bytes:
+  """The file with header fields replaced (names: a new names block) and a
+  valid CRC-32: what a careless or hostile writer could produce."""
+  layout = struct.Struct('<B16sIBBHHBII')
+  keys = ('version', 'fingerprint', 'step', 'platform', 'precision', 'H', 'W',
+          'C', 'num_images', 'batch')
+  values = dict(zip(keys, layout.unpack_from(data, 8)))
+  header = compression.read_header(data)
+  names_end = 8 + layout.size + 4 + struct.unpack_from('<I', data,
+                                                       8 + layout.size)[0]
+  blob = data[8 + layout.size + 4:names_end]
+  if 'names' in fields:
+    blob = zlib.compress('\n'.join(fields.pop('names')).encode())
+  values.update(fields)
+  return _with_crc(b''.join([
+      data[:8], layout.pack(*values.values()), struct.pack('<I', len(blob)),
+      blob, data[names_end:header.payload_offset], data[
+          header.payload_offset:-4]]))
+
+
+def test_malformed_files_with_a_valid_checksum_fail_clearly(codec, tmp_path):
+  images = _images(3)
+  data = codec.compress(images, ['a', 'b', 'c'])
+  cases = {
+      'path traversal': (_with_fields(data, names=['../evil', 'b', 'c']),
+                         'bad image name'),
+      'absolute path': (_with_fields(data, names=['/tmp/x', 'b', 'c']),
+                        'bad image name'),
+      'NUL in a name': (_with_fields(data, names=['a\0', 'b', 'c']),
+                        'bad image name'),
+      'too few names': (_with_fields(data, names=['a', 'b']), 'names for'),
+      'batch > number of images': (_with_fields(data, batch=50), 'batch 50'),
+      'huge batch': (_with_fields(data, batch=2**32 - 1), 'batch'),
+      'no images': (_with_fields(data, num_images=0), 'out of range'),
+      'more images than the table': (_with_fields(
+          codec.compress(images), num_images=9, batch=1), 'payload length'),
+      'zero height': (_with_fields(data, H=0), 'out of range'),
+      'unknown platform': (_with_fields(data, platform=9), 'out of range'),
+  }
+  for what, (bad, match) in cases.items():
+    with pytest.raises(compression.CompressionError,
+                       match=f'malformed.*({match})'):
+      codec.decompress(bad, what=what)
+  # Valid layout, altered payload: the range decoder or the pixel digest
+  # stops it.
+  with pytest.raises(compression.CompressionError,
+                     match='file was altered'):
+    codec.decompress(_altered_payload(data))
+  with pytest.raises(compression.CompressionError, match='no images given'):
+    codec.compress(np.zeros((0, 28, 28, 1), np.uint8))
+
+
 def test_another_models_file_fails_before_decoding(codec, run):
   data = codec.compress(_images(4))
   older = compression.Codec.from_workdir(run[0], run[1], step=2)
@@ -211,7 +292,7 @@ def test_another_models_file_fails_before_decoding(codec, run):
   other_params = jax.tree_util.tree_map(lambda x: x + 1e-3,
                                         codec.variables['params'])
   other = compression.Codec(codec.model, other_params, image_shape=(28, 28, 1),
-                            model_config=run[0].model, step=4)
+                            step=4)
   with pytest.raises(compression.CompressionError,
                      match='same step, different config or parameters'):
     other.decompress(data)
@@ -224,7 +305,7 @@ def test_different_probabilities_are_caught_not_written(codec, run):
   data = codec.compress(images)
   params = jax.tree_util.tree_map(lambda x: x * 1.5, codec.variables['params'])
   drifted = compression.Codec(codec.model, params, image_shape=(28, 28, 1),
-                              model_config=run[0].model, step=4)
+                              step=4)
   drifted.fingerprint = codec.fingerprint   # pretend it is the same model
   with pytest.raises(compression.CompressionError,
                      match='differ from those compressed'):
@@ -356,12 +437,19 @@ def test_modes_leave_nothing_behind_on_bad_input(run, tmp_path):
         mode=compression.decompress_checkpoint,
         input=str(tmp_path / 'files'), output=str(tmp_path / 'out'))
   os.remove(tmp_path / 'files' / 'bad.gpx')
-  (tmp_path / 'files' / 'photo.png').write_bytes(
+  (tmp_path / 'files' / 'photo.gpx').write_bytes(
       (tmp_path / 'in' / 'a.png').read_bytes())
-  fails('photo.png is not a gated_pixelcnn compressed file',
+  fails('photo.gpx is not a gated_pixelcnn compressed file',
         mode=compression.decompress_checkpoint,
         input=str(tmp_path / 'files'), output=str(tmp_path / 'out'))
-  os.remove(tmp_path / 'files' / 'photo.png')
+  os.remove(tmp_path / 'files' / 'photo.gpx')
+  # Altered after writing, CRC-32 recomputed: the pixel digest stops it.
+  (tmp_path / 'files' / 'altered.gpx').write_bytes(_altered_payload(data))
+  fails('altered.gpx.*the file was altered',
+        mode=compression.decompress_checkpoint,
+        input=str(tmp_path / 'files' / 'altered.gpx'),
+        output=str(tmp_path / 'out'))
+  os.remove(tmp_path / 'files' / 'altered.gpx')
   # An output folder that is not empty is never written into.
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'keep.png').write_bytes(b'mine')
@@ -376,11 +464,19 @@ def test_decompress_checks_the_checkpoint_of_the_file(run, tmp_path):
   images = _images(3)
   codec = compression.Codec.from_workdir(config, workdir)
   (tmp_path / 'x.gpx').write_bytes(codec.compress(images))
+  decompress = lambda workdir: compression.decompress_checkpoint(  # pylint: disable=unnecessary-lambda-assignment
+      _config(run, input=str(tmp_path / 'x.gpx'),
+              output=str(tmp_path / 'out')), workdir)
   with pytest.raises(checkpointing.CheckpointError,
-                     match=r'no checkpoint of step 4 in .*\(it has none\)'):
-    compression.decompress_checkpoint(
-        _config(run, input=str(tmp_path / 'x.gpx'),
-                output=str(tmp_path / 'out')), str(tmp_path / 'empty_run'))
+                     match='no checkpoints in .*empty_run'):
+    decompress(str(tmp_path / 'empty_run'))
+  assert not (tmp_path / 'empty_run').exists()   # read-only: nothing made
+  # The run went on and its step-4 checkpoint was rotated away.
+  shutil.copytree(workdir, tmp_path / 'later')
+  shutil.rmtree(tmp_path / 'later' / 'checkpoints' / '4')
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'no checkpoint of step 4 in .*\(it has \[2\]\)'):
+    decompress(str(tmp_path / 'later'))
   assert not (tmp_path / 'out').exists()
 
 
