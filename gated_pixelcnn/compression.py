@@ -12,11 +12,12 @@ shape and image shape) from the same all-zero canvas; at sub-pixel t the
 program hands the coder integer frequencies computed from the canvas, and the
 coder returns the value to write (the encoder the image's value, the decoder
 the value it decodes with those frequencies, which is the same value). By
-induction over t the canvases, hence the frequencies, are identical. What this
-cannot cover is a different machine computing the same program's floats
-differently (another platform or XLA version): every chunk's pixels carry a
-digest, checked after decoding, so such a file fails with a clear error
-instead of giving a wrong image.
+induction over t the canvases, hence the frequencies, are identical (on GPUs
+the loop is compiled without XLA's timing-based autotuning, so that this
+holds across runs too). What this cannot cover is a different machine
+computing the same program's floats differently (another platform or XLA
+version): every chunk's pixels carry a digest, checked after decoding, so
+such a file fails with a clear error instead of giving a wrong image.
 
 The file format is in `gated_pixelcnn.container`.
 """
@@ -50,9 +51,9 @@ from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
-from gated_pixelcnn.container import CompressionError
-from gated_pixelcnn.container import read_header
 
+CompressionError = container.CompressionError
+read_header = container.read_header
 SUFFIX = container.SUFFIX
 # The range coder's model: the quantised frequencies of each sub-pixel, as
 # float64 (exact for integers), renormalised by constriction deterministically.
