@@ -11,7 +11,8 @@ Measures, on the same images (the whole split by default):
 * bits/dim actually written by `Codec.compress` (one .gpx file for all the
   images, header included), encode and decode images/s (compile excluded),
   and that every decoded image equals the original;
-* the same loop with a coder that does nothing (the network's share);
+* the same loop with a coder that does nothing (the network and the
+  callback round trip, without the range coder's host work);
 * the same for --per_image images coded one file each (header per image);
 * PNG (zlib level 9, optimize), WebP lossless (method 6) and, if the
   pillow-jxl-plugin package is installed (`pip install -e .[bench]`),
@@ -120,8 +121,8 @@ def model_codec(codec, images, per_image: int):
   decoded, _ = codec.decompress(data, progress=True)
   decode_s = time.perf_counter() - start
   header = compression.read_header(data)
-  # The same compiled loop with a coder that does nothing: the network's
-  # share of the time.
+  # The same compiled loop with a coder that does nothing: the network and
+  # the callback round trip, without the range coder.
   batch = min(codec.batch_size, len(images))
   start = time.perf_counter()
   sampling.run_coder(codec.model, codec.variables,

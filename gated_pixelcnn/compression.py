@@ -24,6 +24,7 @@ The file format is in `gated_pixelcnn.container`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -124,8 +125,9 @@ class Codec:
   def __init__(self, model, params, *, image_shape: tuple[int, int, int],
                step: int, batch_size: int = 256):
     check_codable(model)
-    if batch_size < 1:
-      raise CompressionError(f'batch_size must be >= 1, got {batch_size}.')
+    if not 1 <= batch_size <= container.MAX_BATCH:
+      raise CompressionError(f'batch_size must be in 1..{container.MAX_BATCH}'
+                             f', got {batch_size}.')
     image_shape = tuple(int(d) for d in image_shape)
     container.check_fields(step, image_shape)
     if image_shape[2] != model.num_channels:
@@ -190,7 +192,8 @@ class Codec:
                      container.pixel_digest(part)))
       if progress:
         _log_progress('Compressed', lo + len(part), n, start,
-                      32 * sum(len(w) for w, _ in chunks), self.image_shape)
+                      32 * sum(len(w) for w, _ in chunks), self.image_shape,
+                      'payload')
     return self._pack(n, batch, names, chunks)
 
   def compress_each(self, images, names: list[str] | None = None,
@@ -206,7 +209,8 @@ class Codec:
           [(self._encode_chunk(one, 1), container.pixel_digest(one))]))
       if progress and ((k + 1) % 64 == 0 or k + 1 == len(images)):
         _log_progress('Compressed', k + 1, len(images), start,
-                      8 * sum(len(d) for d in out), self.image_shape)
+                      8 * sum(len(d) for d in out), self.image_shape,
+                      'files')
     return out
 
   def _pack(self, n, batch, names, chunks) -> bytes:
@@ -280,7 +284,7 @@ class Codec:
       logging.warning('%s was compressed on %s, decoding on %s: the decoded '
                       'pixels are checked against the stored digest.', what,
                       header.platform, _platform())
-    out = np.zeros((header.num_images,) + self.image_shape, np.uint8)
+    out = []   # filled chunk by chunk: a file cannot make it allocate more
     offset, start = header.payload_offset, time.time()
     for k, (num_words, digest) in enumerate(header.chunks):
       lo, n = header.chunk_images(k)
@@ -296,11 +300,12 @@ class Codec:
             f'compressed it ({header.platform}); then decompress on the kind '
             f'of machine and software that compressed it. Nothing was '
             f'written.')
-      out[lo:lo + n] = images
+      out.append(images)
       if progress:
         _log_progress('Decompressed', lo + n, header.num_images, start,
-                      8 * (offset - header.payload_offset), self.image_shape)
-    return out, header.names
+                      8 * (offset - header.payload_offset), self.image_shape,
+                      'payload')
+    return np.concatenate(out), header.names
 
   def _decode_chunk(self, words, n, batch, what) -> np.ndarray:
     decoder = constriction.stream.queue.RangeDecoder(words)
@@ -309,17 +314,16 @@ class Codec:
     def coder(t, freqs_Bx256):
       _check_order(t, position)
       values = np.zeros(batch, np.int32)
-      values[:n] = decoder.decode(_FAMILY,
-                                  freqs_Bx256[:n].astype(np.float64))
+      try:
+        values[:n] = decoder.decode(_FAMILY,
+                                    freqs_Bx256[:n].astype(np.float64))
+      except Exception as e:  # constriction: AssertionError on bad data
+        raise CompressionError(
+            f'cannot decode {what} ({type(e).__name__}: {e}): the file was '
+            'altered. Nothing was written.') from e
       return values
 
-    try:
-      canvas = self._run(coder, batch)
-    except Exception as e:  # constriction raises AssertionError on bad data
-      raise CompressionError(f'cannot decode {what} ({type(e).__name__}: '
-                             f'{e}); the file was altered. Nothing was '
-                             'written.') from e
-    return canvas[:n]
+    return self._run(coder, batch)[:n]
 
 
 def _check_order(t: int, position: list[int]) -> None:
@@ -329,12 +333,12 @@ def _check_order(t: int, position: list[int]) -> None:
   position[0] += 1
 
 
-def _log_progress(verb, done, total, start, bits, image_shape):
+def _log_progress(verb, done, total, start, bits, image_shape, what):
   elapsed = time.time() - start
   rate = done / max(elapsed, 1e-9)
-  logging.info('%s %d/%d images: %.4f bits/dim (payload), %.1f images/s, '
+  logging.info('%s %d/%d images: %.4f bits/dim (%s), %.1f images/s, '
                'ETA %.0f s.', verb, done, total,
-               bits / (done * math.prod(image_shape)), rate,
+               bits / (done * math.prod(image_shape)), what, rate,
                (total - done) / max(rate, 1e-9))
 
 
@@ -376,7 +380,8 @@ def _files(folder: epath.Path, suffix: str | None = None) -> list[epath.Path]:
                  if not p.name.startswith('.') and p.is_file()
                  and (suffix is None or p.name.endswith(suffix)))
   if not files:
-    raise CompressionError(f'{folder} has no {suffix or ""} files.')
+    raise CompressionError(f'{folder} has no {suffix + " " if suffix else ""}'
+                           'files.')
   return files
 
 
@@ -405,6 +410,8 @@ def load_inputs(config, image_shape
           f'{sorted(builder.info.splits)}.')
     source = input_pipeline.open_split(builder, split, per_process=False)
     n = len(source) if not limit else min(limit, len(source))
+    if not n:
+      raise CompressionError(f'{config.dataset} {split} has no images.')
     f = config.get('subsample', 1)
     images = np.stack([ex['image'] for ex in source.__getitems__(
         list(range(n)))])[:, ::f, ::f]
@@ -433,6 +440,9 @@ def _output(config, folder: bool) -> epath.Path:
                            'decompress and compress.per_image, the folder) '
                            'to write.')
   path = epath.Path(config.compress.output)
+  if os.path.islink(path):
+    raise CompressionError(f'compress.output {path} is a symbolic link; give '
+                           'a new path.')
   if path.exists() and not (folder and path.is_dir()
                             and not any(path.iterdir())):
     raise CompressionError(
@@ -441,12 +451,19 @@ def _output(config, folder: bool) -> epath.Path:
   return path
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+_UMASK = _umask()   # read once: os.umask can only be read by setting it
+
+
 def _readable(path) -> None:
   """Permissions of a new file or folder under the umask (mkstemp gives
   0600)."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+  os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_UMASK)
 
 
 def _write_folder(dst: epath.Path, files: dict[str, bytes]) -> None:
@@ -465,7 +482,11 @@ def _write_folder(dst: epath.Path, files: dict[str, bytes]) -> None:
         f.write(data)
       _readable(path)
     _readable(tmp)
-    os.rename(tmp, dst)
+    try:
+      os.rename(tmp, dst)   # onto an empty folder, or fails
+    except OSError as e:
+      raise CompressionError(f'cannot move the output into {dst} ({e}); '
+                             'nothing was overwritten.') from e
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -480,12 +501,23 @@ def _write_file(dst: epath.Path, data: bytes) -> None:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
     _readable(tmp)
-    os.link(tmp, dst)
+    try:
+      os.link(tmp, dst)
+    except FileExistsError:
+      raise
+    except OSError:   # no hard links here (FAT, some network mounts)
+      with open(dst, 'xb') as f:   # ours from here on: removed if unfinished
+        try:
+          f.write(data)
+        except BaseException:
+          os.remove(dst)
+          raise
   except FileExistsError as e:
     raise CompressionError(f'{dst} appeared while compressing; it was not '
                            'overwritten.') from e
   finally:
-    os.remove(tmp)
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
 
 
 def compress_checkpoint(config: ml_collections.ConfigDict,

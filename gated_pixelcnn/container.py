@@ -11,11 +11,12 @@ Little-endian, format version 1:
   H, W            u16 each
   C               u8
   num_images      u32      N >= 1
-  batch           u32      images coded together, 1..N (the decoder's batch
-                           shape); the last chunk may hold fewer
+  batch           u32      images coded together, 1..min(N, 4096) (the
+                           decoder's batch shape); the last chunk may hold
+                           fewer
   names           u32 length, then zlib('\\n'.join(names)) (length 0: none)
-  chunk table     per chunk of `batch` images: u32 payload words, 8-byte
-                  blake2b digest of the chunk's pixels
+  chunk table     per chunk of `batch` images: u32 payload words (>= 1),
+                  8-byte blake2b digest of the chunk's pixels
   payload         each chunk's range-coder words (u32)
   crc32           u32 of everything above
 
@@ -36,12 +37,17 @@ MAGIC = b'\x89GPX\r\n\x1a\n'
 VERSION = 1
 SUFFIX = '.gpx'
 PLATFORMS = ('cpu', 'gpu', 'tpu', 'other')
-MAX_NAME_BYTES = 255
+# Names leave room for '.png' and a '_<index>' suffix within 255 bytes.
+MAX_NAME_BYTES = 240
+# Images coded together: bounds what a file can make the decoder allocate
+# (every chunk has at least one payload word, so N <= MAX_BATCH * words).
+MAX_BATCH = 4096
 _FIXED = struct.Struct('<B16sIBBHHBII')   # version .. batch
 _CHUNK = struct.Struct('<I8s')            # payload words, pixel digest
 _U32 = struct.Struct('<I')
-_LIMITS = {'step': 2**32 - 1, 'height': 2**16 - 1, 'width': 2**16 - 1,
-           'channels': 255, 'number of images': 2**32 - 1}
+_LIMITS = {'step': (0, 2**32 - 1), 'height': (1, 2**16 - 1),
+           'width': (1, 2**16 - 1), 'channels': (1, 255),
+           'number of images': (1, 2**32 - 1)}
 
 
 class CompressionError(ValueError):
@@ -87,9 +93,10 @@ def check_fields(step: int, image_shape, num_images: int | None = None):
     if num_images < 1:
       raise CompressionError('nothing to compress: no images given.')
   for what, value in values.items():
-    if not 0 <= value <= _LIMITS[what]:
+    lo, hi = _LIMITS[what]
+    if not lo <= value <= hi:
       raise CompressionError(f'{what} {value} does not fit the {SUFFIX} '
-                             f'format (0..{_LIMITS[what]}).')
+                             f'format ({lo}..{hi}).')
 
 
 def check_names(names, n: int) -> list[str] | None:
@@ -165,25 +172,30 @@ def _parse(data: bytes) -> Header:
   pos += _FIXED.size
   if platform >= len(PLATFORMS) or min(H, W, C) < 1 or n < 1:
     raise ValueError('header fields out of range')
-  if not 1 <= batch <= n:
-    raise ValueError(f'batch {batch} not in 1..{n}')
+  if not 1 <= batch <= min(n, MAX_BATCH):
+    raise ValueError(f'batch {batch} not in 1..{min(n, MAX_BATCH)}')
   (blob_len,) = _U32.unpack_from(data, pos)
-  pos += _U32.size
-  names = None
-  if blob_len:
-    limit = n * (MAX_NAME_BYTES + 1)
-    inflate = zlib.decompressobj()
-    text = inflate.decompress(data[pos:pos + blob_len], limit)
-    if inflate.unconsumed_tail or not inflate.eof:
-      raise ValueError('names block too long or incomplete')
-    names = check_names(text.decode().split('\n'), n)
-  pos += blob_len
+  names_at = pos + _U32.size
+  pos = names_at + blob_len
+  # The chunk table before the names: its length bounds N by the file size.
   num_chunks = -(-n // batch)
+  if pos + num_chunks * (_CHUNK.size + 4) > len(data) - _U32.size:
+    raise ValueError(f'{n} images in batches of {batch} need more bytes than '
+                     'the file has')
   chunks = [_CHUNK.unpack_from(data, pos + k * _CHUNK.size)
             for k in range(num_chunks)]
   pos += num_chunks * _CHUNK.size
-  if pos + 4 * sum(w for w, _ in chunks) != len(data) - _U32.size:
+  if min(w for w, _ in chunks) < 1 or (
+      pos + 4 * sum(w for w, _ in chunks) != len(data) - _U32.size):
     raise ValueError('payload length does not match the chunk table')
+  names = None
+  if blob_len:
+    inflate = zlib.decompressobj()
+    text = inflate.decompress(data[names_at:names_at + blob_len],
+                              n * (MAX_NAME_BYTES + 1))
+    if inflate.unconsumed_tail or inflate.unused_data or not inflate.eof:
+      raise ValueError('names block too long or incomplete')
+    names = check_names(text.decode().split('\n'), n)
   return Header(fingerprint=fingerprint, step=step,
                 platform=PLATFORMS[platform], precision=precision,
                 image_shape=(H, W, C), num_images=n, batch=batch, names=names,

@@ -100,7 +100,8 @@ def main(argv):
                          '--process_id need --distributed.')
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  epath.Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)
+  if FLAGS.mode not in ('compress', 'decompress'):   # these only read it
+    epath.Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)
   MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
 
 

@@ -263,6 +263,11 @@ def test_malformed_files_with_a_valid_checksum_fail_clearly(codec, tmp_path):
       'too few names': (_with_fields(data, names=['a', 'b']), 'names for'),
       'batch > number of images': (_with_fields(data, batch=50), 'batch 50'),
       'huge batch': (_with_fields(data, batch=2**32 - 1), 'batch'),
+      'billions of images': (_with_fields(data, num_images=2**32 - 1,
+                                          batch=2**32 - 1), 'batch'),
+      'a million images': (_with_fields(
+          codec.compress(images), num_images=10**6, batch=4096),
+                           'more bytes than the file has'),
       'no images': (_with_fields(data, num_images=0), 'out of range'),
       'more images than the table': (_with_fields(
           codec.compress(images), num_images=9, batch=1), 'payload length'),
@@ -336,6 +341,33 @@ def test_wrong_images_fail_clearly(codec, tmp_path):
     compression.read_image(tmp_path / 'notes.txt', (28, 28, 1))
   with pytest.raises(compression.CompressionError, match='unique'):
     codec.compress(np.zeros((2, 28, 28, 1), np.uint8), ['a', 'a'])
+
+
+def test_run_coder_checks_the_coder_and_recovers(sharp):
+  codec = sharp[0]
+  kw = dict(batch_size=2, image_shape=(28, 28, 1))
+
+  def returns(values):
+    return lambda t, freqs: values
+
+  for bad, match in ((np.array([0, 256]), 'integers in 0..255'),
+                     (np.array([0.5, 1.0]), 'integers'),
+                     (np.array([1, 2, 3]), 'expected 2 integers')):
+    with pytest.raises(ValueError, match=match):
+      sampling.run_coder(codec.model, codec.variables, returns(bad), **kw)
+
+  def fails(t, freqs):
+    raise KeyError('coder failed')
+
+  with pytest.raises(KeyError, match='coder failed'):
+    sampling.run_coder(codec.model, codec.variables, fails, **kw)
+  # Nothing of a failed run stays behind: the next one works.
+  canvas = sampling.run_coder(codec.model, codec.variables,
+                              returns(np.array([7, 9])), **kw)
+  assert (canvas[0] == 7).all() and (canvas[1] == 9).all()
+  with pytest.raises(compression.CompressionError, match='batch_size must'):
+    compression.Codec(codec.model, codec.variables['params'],
+                      image_shape=(28, 28, 1), step=0, batch_size=4097)
 
 
 def test_models_that_cannot_compress_are_refused():
@@ -496,5 +528,13 @@ def test_main_compress_and_decompress(run, tmp_path):
     logs.append(proc.stderr)
   assert 'bits/dim (header included)' in logs[0]
   assert 'matched its pixel digest' in logs[1]
+  # A mistyped workdir is an error, not a new folder.
+  proc = subprocess.run(
+      _main(tmp_path / 'typo', config, '--mode=decompress',
+            f'--config.compress.input={out}',
+            f'--config.compress.output={tmp_path / "again"}'),
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and 'no checkpoints in' in proc.stderr
+  assert not (tmp_path / 'typo').exists() and not (tmp_path / 'again').exists()
   assert sorted(os.listdir(tmp_path / 'five')) == [
       f'{k:05d}.png' for k in range(5)]
