@@ -97,7 +97,6 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str,
   return None
 
 
-
 def _restore(manager, step, abstract_state):
   return manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state),

@@ -203,10 +203,8 @@ class Codec:
     names = container.check_names(names, len(images))
     start, out = time.time(), []
     for k in range(len(images)):
-      one = images[k:k + 1]
-      out.append(self._pack(
-          1, 1, None if names is None else [names[k]],
-          [(self._encode_chunk(one, 1), container.pixel_digest(one))]))
+      out.append(self.compress(images[k:k + 1],
+                               None if names is None else names[k:k + 1]))
       if progress and ((k + 1) % 64 == 0 or k + 1 == len(images)):
         _log_progress('Compressed', k + 1, len(images), start,
                       8 * sum(len(d) for d in out), self.image_shape,
