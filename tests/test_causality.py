@@ -1,10 +1,9 @@
 """Exact causality: no leak from later sub-pixels, no blind spot.
 
 Every test perturbs each sub-pixel of a small image in turn (all of them, not a
-sample) and compares the logits bit for bit in float32 on CPU.
+sample) and compares the logits bit for bit in float32 on CPU, each image
+computed by the same program at batch 1 (tests/influence.py).
 """
-
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -13,67 +12,9 @@ import pytest
 
 from gated_pixelcnn import layers
 from gated_pixelcnn import models
-
-
-def influence(model, H, W, C, num_bases=2, **cond):
-  """changed[p, q]: the logits of sub-pixel p differ in any bit when q changes.
-
-  p and q index sub-pixels in raster-then-channel order. For each of
-  ``num_bases`` random base images, row 0 of the batch is the base image and
-  row 1 + q has sub-pixel q moved by 128 (mod 256); a pair counts as changed
-  if it changed for any base (several bases make it very unlikely that ReLUs
-  which happen to be off along the only path hide an influence).
-  """
-  n = H * W * C
-  changed_QxP = np.zeros((n, n), bool)
-  variables = None
-  for seed in range(num_bases):
-    flat = np.random.default_rng(seed).integers(0, 256, (1, n))
-    batch = np.repeat(flat, n + 1, axis=0)
-    batch[1 + np.arange(n), np.arange(n)] = (flat[0] + 128) % 256
-    batch = jnp.asarray(batch.reshape(n + 1, H, W, C), jnp.int32)
-    batch_cond = {k: jnp.repeat(v, n + 1, axis=0) for k, v in cond.items()}
-    if variables is None:
-      variables = model.init(jax.random.PRNGKey(1), batch[:1], **cond)
-      variables = jax.tree_util.tree_map_with_path(_randomize_bias, variables)
-    logits = np.asarray(model.apply(variables, batch, **batch_cond))
-    bits = logits.reshape(n + 1, n, 256).view(np.uint32)
-    changed_QxP |= (bits[1:] != bits[:1]).any(axis=-1)
-  return changed_QxP.T
-
-
-def _randomize_bias(path, x):
-  # Biases start at zero; random ones make every parameter a generic value,
-  # so no influence can vanish by symmetry.
-  if jax.tree_util.keystr(path).endswith("['bias']"):
-    key = jax.random.PRNGKey(x.size)
-    return x + 0.1 * jax.random.normal(key, x.shape, x.dtype)
-  return x
-
-
-def gated_receptive_field(H, W, C, num_layers, kernel_size, first_kernel_size):
-  """rf[p, q]: sub-pixel q lies in the Gated PixelCNN's receptive field of p.
-
-  With reach R = k0//2 + (L-1)*(k//2): the R+1 rows above, R columns either
-  side; R columns to the left in the current row; earlier channels of the
-  current pixel.
-  """
-  R = first_kernel_size // 2 + (num_layers - 1) * (kernel_size // 2)
-  i, j, c = np.meshgrid(np.arange(H), np.arange(W), np.arange(C),
-                        indexing='ij')
-  i, j, c = (a.reshape(-1) for a in (i, j, c))
-  di = i[:, None] - i[None, :]     # p row - q row
-  dj = j[None, :] - j[:, None]     # q col - p col
-  above = (di >= 1) & (di <= R + 1) & (np.abs(dj) <= R)
-  left = (di == 0) & (dj < 0) & (dj >= -R)
-  here = (di == 0) & (dj == 0) & (c[None, :] < c[:, None])
-  return above | left | here
-
-
-def causal_order(H, W, C):
-  """earlier[p, q]: q comes strictly before p in raster-then-channel order."""
-  n = np.arange(H * W * C)
-  return n[None, :] < n[:, None]
+from tests.influence import causal_order
+from tests.influence import gated_receptive_field
+from tests.influence import influence
 
 
 GATED_CASES = [

@@ -23,7 +23,7 @@ from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
-from tests import test_causality
+from tests import influence
 from tests import test_train
 
 SMALL = dict(num_layers=2, features=6, kernel_size=3, first_kernel_size=3,
@@ -66,9 +66,9 @@ def test_conditional_models_are_exactly_causal(kind, C):
   PixelCNN's receptive field, bit for bit."""
   H, W = 5, 6
   model, cond = _conditional(kind, C, H, W)
-  changed = test_causality.influence(model, H, W, C, **cond)
-  assert not (changed & ~test_causality.causal_order(H, W, C)).any()
-  expected = test_causality.gated_receptive_field(H, W, C, 2, 3, 3)
+  changed = influence.influence(model, H, W, C, **cond)
+  assert not (changed & ~influence.causal_order(H, W, C)).any()
+  expected = influence.gated_receptive_field(H, W, C, 2, 3, 3)
   assert np.array_equal(changed, expected)
 
 
@@ -79,7 +79,7 @@ def test_conditioning_reaches_every_pixel(kind):
   model, cond = _conditional(kind, C, H, W)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, H, W, C)))
   variables = model.init(jax.random.PRNGKey(0), images, **cond)
-  variables = jax.tree_util.tree_map_with_path(test_causality._randomize_bias,
+  variables = jax.tree_util.tree_map_with_path(influence.randomize_bias,
                                                variables)
   (name, h), = cond.items()
   other = (255 - h) if jnp.issubdtype(h.dtype, jnp.integer) else h + 1.0
@@ -92,7 +92,7 @@ def _decoder_case(kind, C, H, W, batch):
   model, cond = _conditional(kind, C, H, W)
   images = jnp.zeros((1, H, W, C), jnp.int32)
   variables = model.init(jax.random.PRNGKey(0), images, **cond)
-  variables = jax.tree_util.tree_map_with_path(test_causality._randomize_bias,
+  variables = jax.tree_util.tree_map_with_path(influence.randomize_bias,
                                                variables)
   (name, value), = cond.items()
   value = jnp.repeat(value, batch, axis=0) + (

@@ -1,6 +1,6 @@
 """The PixelRNN baselines: exact causality, their receptive fields, sampling.
 
-Causality is checked as for the Gated PixelCNN (tests/test_causality.py):
+Causality is checked as for the Gated PixelCNN (tests/influence.py):
 every sub-pixel is perturbed in turn and the logits compared bit for bit.
 """
 
@@ -15,21 +15,15 @@ from gated_pixelcnn import layers
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
-from tests.test_causality import causal_order
-from tests.test_causality import influence
-
-
-def _sub_pixels(H, W, C):
-  """Row, column and channel of every sub-pixel in raster-then-channel order."""
-  i, j, c = np.meshgrid(np.arange(H), np.arange(W), np.arange(C),
-                        indexing='ij')
-  return i.reshape(-1), j.reshape(-1), c.reshape(-1)
+from tests.influence import causal_order
+from tests.influence import influence
+from tests.influence import sub_pixels
 
 
 def _expand(rf_pixels, H, W, C):
   """Sub-pixel receptive field from a pixel one ([H, W, H, W] booleans): every
   channel of the pixels in it, and the earlier channels of the pixel itself."""
-  i, j, c = _sub_pixels(H, W, C)
+  i, j, c = sub_pixels(H, W, C)
   other = rf_pixels[i[:, None], j[:, None], i[None, :], j[None, :]]
   here = (i[:, None] == i[None, :]) & (j[:, None] == j[None, :]) & (
       c[None, :] < c[:, None])
@@ -151,7 +145,7 @@ def test_paper_literal_diagonal_bilstm_misses_the_last_pixel_above(C, L, H,
   model = _model(models.DiagonalBiLSTM, C, L, first_kernel_size=k0,
                  backward_image=False)
   changed = influence(model, H, W, C)
-  i, j, c = _sub_pixels(H, W, C)
+  i, j, c = sub_pixels(H, W, C)
   gap = ((i[None, :] == i[:, None] - 1) & (j[None, :] == W - 1) &
          (c[None, :] == C - 1) & (j[:, None] < W - 1 - k0 // 2))
   assert gap.any()
