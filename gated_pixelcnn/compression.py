@@ -288,16 +288,11 @@ class Codec:
       lo, n = header.chunk_images(k)
       words = np.frombuffer(data, '<u4', num_words, offset).astype(np.uint32)
       offset += 4 * num_words
-      images = self._decode_chunk(words, n, header.batch, what)
+      images = self._decode_chunk(words, n, header, what)
       if container.pixel_digest(images) != digest:
-        raise CompressionError(
-            f'decoding {what} gave pixels that differ from those compressed '
-            f'(images {lo}..{lo + n - 1}): either the file was altered, or '
-            f'this machine ({_platform()}, JAX {jax.__version__}) computes '
-            f'the model\'s probabilities differently from the one that '
-            f'compressed it ({header.platform}); then decompress on the kind '
-            f'of machine and software that compressed it. Nothing was '
-            f'written.')
+        raise CompressionError(_undecodable(
+            what, header, f'decoding gave pixels that differ from those '
+            f'compressed (images {lo}..{lo + n - 1})'))
       out.append(images)
       if progress:
         _log_progress('Decompressed', lo + n, header.num_images, start,
@@ -305,23 +300,36 @@ class Codec:
                       'payload')
     return np.concatenate(out), header.names
 
-  def _decode_chunk(self, words, n, batch, what) -> np.ndarray:
+  def _decode_chunk(self, words, n, header: container.Header,
+                    what) -> np.ndarray:
     decoder = constriction.stream.queue.RangeDecoder(words)
     position = [0]
 
     def coder(t, freqs_Bx256):
       _check_order(t, position)
-      values = np.zeros(batch, np.int32)
+      values = np.zeros(header.batch, np.int32)
       try:
         values[:n] = decoder.decode(_FAMILY,
                                     freqs_Bx256[:n].astype(np.float64))
       except Exception as e:  # constriction: AssertionError on bad data
-        raise CompressionError(
-            f'cannot decode {what} ({type(e).__name__}: {e}): the file was '
-            'altered. Nothing was written.') from e
+        raise CompressionError(_undecodable(
+            what, header, f'the range decoder failed ({type(e).__name__}: '
+            f'{e})')) from e
       return values
 
-    return self._run(coder, batch)[:n]
+    return self._run(coder, header.batch)[:n]
+
+
+def _undecodable(what: str, header: container.Header, detail: str) -> str:
+  """Why a file whose header checks out does not decode: either cause gives
+  either symptom (a decoder fed other probabilities may fail, or may decode
+  other pixels), so the message names both."""
+  return (f'cannot decompress {what}: {detail}. Either the file was altered, '
+          f'or this machine ({_platform()}, JAX {jax.__version__}) computes '
+          'the model\'s probabilities differently from the one that '
+          f'compressed it (a {header.platform} machine): then decompress on '
+          'the kind of machine and software that compressed it. Nothing was '
+          'written.')
 
 
 def _check_order(t: int, position: list[int]) -> None:

@@ -280,8 +280,7 @@ def test_malformed_files_with_a_valid_checksum_fail_clearly(codec, tmp_path):
       codec.decompress(bad, what=what)
   # Valid layout, altered payload: the range decoder or the pixel digest
   # stops it.
-  with pytest.raises(compression.CompressionError,
-                     match='file was altered'):
+  with pytest.raises(compression.CompressionError, match=_EITHER_CAUSE):
     codec.decompress(_altered_payload(data))
   with pytest.raises(compression.CompressionError, match='no images given'):
     codec.compress(np.zeros((0, 28, 28, 1), np.uint8))
@@ -303,18 +302,45 @@ def test_another_models_file_fails_before_decoding(codec, run):
     other.decompress(data)
 
 
+_EITHER_CAUSE = (r'(?s)Either the file was altered, or this machine .* '
+                 r'computes the model\'s probabilities differently .* '
+                 r'\(a cpu machine\).*Nothing was written')
+
+
 def test_different_probabilities_are_caught_not_written(codec, run):
-  """A decoder whose floats differ (as on another machine) must fail on the
-  pixel digest, never return a wrong image."""
+  """A decoder whose floats differ (as on another machine) must fail, never
+  return a wrong image: the range decoder fails, or the pixels miss the
+  digest (which one depends on the machine), and either message names both
+  causes."""
   images = _images(6)
   data = codec.compress(images)
   params = jax.tree_util.tree_map(lambda x: x * 1.5, codec.variables['params'])
   drifted = compression.Codec(codec.model, params, image_shape=(28, 28, 1),
                               step=4)
   drifted.fingerprint = codec.fingerprint   # pretend it is the same model
+  with pytest.raises(compression.CompressionError, match=_EITHER_CAUSE):
+    drifted.decompress(data)
+
+
+def test_each_decoding_failure_names_both_causes(codec):
+  data = codec.compress(_images(3))
+  # The pixels decode but miss the stored digest (the digest is altered).
+  header = compression.read_header(data)
+  at = header.payload_offset - 8   # the last chunk's pixel digest
+  body = bytearray(data[:-4])
+  body[at] ^= 0xFF
   with pytest.raises(compression.CompressionError,
                      match='differ from those compressed'):
-    drifted.decompress(data)
+    codec.decompress(_with_crc(bytes(body)))
+  with pytest.raises(compression.CompressionError, match=_EITHER_CAUSE):
+    codec.decompress(_with_crc(bytes(body)))
+  # The range decoder itself gives up: a payload word it cannot decode.
+  words = np.frombuffer(data, '<u4', -1, header.payload_offset)[:-1]
+  body = bytearray(data[:-4])
+  body[header.payload_offset:] = b'\xff' * (4 * len(words))
+  with pytest.raises(compression.CompressionError,
+                     match='(?s)range decoder failed.*' + _EITHER_CAUSE[4:]):
+    codec.decompress(_with_crc(bytes(body)))
 
 
 def test_wrong_images_fail_clearly(codec, tmp_path):
