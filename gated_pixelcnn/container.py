@@ -106,17 +106,62 @@ def check_names(names, n: int) -> list[str] | None:
   names = [str(x) for x in names]
   if len(names) != n:
     raise CompressionError(f'{len(names)} names for {n} images.')
+  seen = set()
   for x in names:
-    if (not x or x.startswith('.') or any(c in x for c in '/\\\n\0')
-        or len(x.encode()) > MAX_NAME_BYTES):
-      raise CompressionError(
-          f'bad image name {x!r}: names are file stems (not empty, not '
-          f'starting with ".", no "/", "\\", newline or NUL, at most '
-          f'{MAX_NAME_BYTES} bytes).')
-  if len(set(names)) != n:
-    dup = sorted({x for x in names if names.count(x) > 1})
-    raise CompressionError(f'image names must be unique; repeated: {dup[:5]} '
+    _check_name(x, seen)
+  return names
+
+
+def _check_name(x: str, seen: set[str]) -> None:
+  """One name: a plain file stem of at most MAX_NAME_BYTES, not in ``seen``
+  (then added to it)."""
+  if (not x or x.startswith('.') or any(c in x for c in '/\\\n\0')
+      or len(x.encode()) > MAX_NAME_BYTES):
+    raise CompressionError(
+        f'bad image name {x[:MAX_NAME_BYTES]!r}: names are file stems (not '
+        'empty, not starting with ".", no "/", "\\", newline or NUL, at most '
+        f'{MAX_NAME_BYTES} bytes).')
+  if x in seen:
+    raise CompressionError(f'image names must be unique; repeated: {x!r} '
                            '(e.g. a.png and a.jpg both decompress to a.png).')
+  seen.add(x)
+
+
+# Names are inflated this many bytes at a time, each piece checked before
+# the next is inflated.
+_INFLATE_PIECE = 1 << 16
+
+
+def _inflate_names(blob: bytes, n: int) -> list[str]:
+  """The n names of a zlib block, inflated piece by piece and checked as
+  they come (length, characters, uniqueness, count): a crafted block stops
+  at the first bad piece, so it cannot make this allocate more than the n
+  valid names it may hold (at most n x MAX_NAME_BYTES)."""
+  inflate = zlib.decompressobj()
+  names, seen, pending, size = [], set(), b'', 0
+  data = blob
+  while True:
+    piece = inflate.decompress(data, _INFLATE_PIECE)
+    data = inflate.unconsumed_tail
+    size += len(piece)
+    if size > n * (MAX_NAME_BYTES + 1):
+      raise ValueError(f'names block longer than {n} names can be')
+    *lines, pending = (pending + piece).split(b'\n')
+    for line in lines:
+      if len(names) == n - 1:
+        raise ValueError(f'more names than the {n} images')
+      names.append(line.decode())
+      _check_name(names[-1], seen)
+    if len(pending) > MAX_NAME_BYTES:
+      raise ValueError(f'a name longer than {MAX_NAME_BYTES} bytes')
+    if inflate.eof or not (piece or data):
+      break
+  if not inflate.eof or inflate.unused_data:
+    raise ValueError('names block incomplete or followed by other bytes')
+  names.append(pending.decode())
+  _check_name(names[-1], seen)
+  if len(names) != n:
+    raise ValueError(f'{len(names)} names for {n} images')
   return names
 
 
@@ -190,12 +235,7 @@ def _parse(data: bytes) -> Header:
     raise ValueError('payload length does not match the chunk table')
   names = None
   if blob_len:
-    inflate = zlib.decompressobj()
-    text = inflate.decompress(data[names_at:names_at + blob_len],
-                              n * (MAX_NAME_BYTES + 1))
-    if inflate.unconsumed_tail or inflate.unused_data or not inflate.eof:
-      raise ValueError('names block too long or incomplete')
-    names = check_names(text.decode().split('\n'), n)
+    names = _inflate_names(data[names_at:names_at + blob_len], n)
   return Header(fingerprint=fingerprint, step=step,
                 platform=PLATFORMS[platform], precision=precision,
                 image_shape=(H, W, C), num_images=n, batch=batch, names=names,

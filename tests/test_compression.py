@@ -4,6 +4,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tracemalloc
 import zlib
 
 import jax
@@ -14,6 +15,7 @@ import pytest
 
 from gated_pixelcnn import checkpointing
 from gated_pixelcnn import compression
+from gated_pixelcnn import container
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
@@ -248,6 +250,56 @@ def _with_fields(data: bytes, **fields) -> bytes:
       data[:8], layout.pack(*values.values()), struct.pack('<I', len(blob)),
       blob, data[names_end:header.payload_offset], data[
           header.payload_offset:-4]]))
+
+
+def _with_names_block(n: int, blob: bytes) -> bytes:
+  """A well-formed file of n images (chunks of 4,096, one payload word
+  each, valid CRC-32) whose names block is ``blob``."""
+  chunks = [(np.zeros(1, np.uint32), bytes(8))] * -(-n // 4096)
+  data = container.pack(fingerprint=bytes(16), step=1, platform='cpu',
+                        precision=20, image_shape=(28, 28, 1), num_images=n,
+                        batch=min(n, 4096), names=None, chunks=chunks)
+  at = 8 + struct.calcsize('<B16sIBBHHBII')   # the names block's length
+  return _with_crc(data[:at] + struct.pack('<I', len(blob)) + blob +
+                   data[at + 4:-4])
+
+
+def _deflate(pieces) -> bytes:
+  z = zlib.compressobj(9)
+  return b''.join(z.compress(p) for p in pieces) + z.flush()
+
+
+def test_a_names_zip_bomb_is_refused_without_inflating_it():
+  """Names blocks that inflate to 200 MB from ~200 KB (within the bound of
+  a million names of 240 bytes): refused after the first piece, with the
+  parser's peak allocation far below what the block inflates to."""
+  n = 10**6
+  mb = 2**20
+  bombs = {
+      'one endless name': (_deflate([b'a' * mb] * 200), 'longer than 240'),
+      'one name repeated': (_deflate([b'ab\n' * (mb // 3)] * 200),
+                            "repeated: 'ab'"),
+      'empty names': (_deflate([b'\n' * mb] * 200), 'bad image name'),
+  }
+  for what, (blob, match) in bombs.items():
+    data = _with_names_block(n, blob)
+    assert len(data) < 2 * mb, what
+    tracemalloc.start()
+    try:
+      with pytest.raises(compression.CompressionError,
+                         match=f'malformed.*{match}'):
+        container.read_header(data, what)
+      _, peak = tracemalloc.get_traced_memory()
+    finally:
+      tracemalloc.stop()
+    assert peak < 16 * mb, (what, peak)
+  with pytest.raises(compression.CompressionError, match='more names than'):
+    container.read_header(_with_names_block(3, _deflate([b'a\nb\nc\nd'])))
+  # The same machinery reads a genuine block of a million names.
+  names = [f'img{k}' for k in range(n)]
+  header = container.read_header(
+      _with_names_block(n, zlib.compress('\n'.join(names).encode())))
+  assert header.names == names
 
 
 def test_malformed_files_with_a_valid_checksum_fail_clearly(codec, tmp_path):
