@@ -10,8 +10,11 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 import jax  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
-# Eight fake CPU devices: meshes of 1 to 8 devices in one process.
-jax.config.update('jax_num_cpu_devices', 8)
+# Fake CPU devices, 8 by default: meshes of 1 to 8 devices in one process.
+# GATED_PIXELCNN_TEST_DEVICES=1 (or 2) runs the suite as on a host with
+# fewer; the tests that need more devices are then skipped.
+NUM_DEVICES = int(os.environ.get('GATED_PIXELCNN_TEST_DEVICES', '8'))
+jax.config.update('jax_num_cpu_devices', NUM_DEVICES)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -19,6 +22,13 @@ if str(ROOT) not in sys.path:
 
 
 import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+def requires_devices(n: int):
+  """Skips a test that needs a mesh of ``n`` devices when there are fewer."""
+  return pytest.mark.skipif(
+      NUM_DEVICES < n, reason=f'needs {n} fake CPU devices, the suite runs '
+      f'with {NUM_DEVICES} (GATED_PIXELCNN_TEST_DEVICES)')
 
 from tests import fake_data  # pylint: disable=g-import-not-at-top
 

@@ -21,8 +21,7 @@ from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
 from tests import fake_data
-from tests.conftest import ROOT
-from tests.test_train import _main
+from tests import runs
 
 
 @pytest.fixture(scope='module')
@@ -592,7 +591,7 @@ def test_decompress_checks_the_checkpoint_of_the_file(run, tmp_path):
 
 def test_main_compress_and_decompress(run, tmp_path):
   config, workdir = run
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  env = runs.subprocess_env()
   out = tmp_path / 'five.gpx'
   logs = []
   for args in (['--mode=compress', '--config.compress.input=tfds:test',
@@ -600,7 +599,7 @@ def test_main_compress_and_decompress(run, tmp_path):
                 f'--config.compress.output={out}'],
                ['--mode=decompress', f'--config.compress.input={out}',
                 f'--config.compress.output={tmp_path / "five"}']):
-    proc = subprocess.run(_main(workdir, config, *args), cwd=ROOT, env=env,
+    proc = subprocess.run(runs.main_command(workdir, config, *args), cwd=runs.ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs.append(proc.stderr)
@@ -608,10 +607,10 @@ def test_main_compress_and_decompress(run, tmp_path):
   assert 'matched its pixel digest' in logs[1]
   # A mistyped workdir is an error, not a new folder.
   proc = subprocess.run(
-      _main(tmp_path / 'typo', config, '--mode=decompress',
+      runs.main_command(tmp_path / 'typo', config, '--mode=decompress',
             f'--config.compress.input={out}',
             f'--config.compress.output={tmp_path / "again"}'),
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+      cwd=runs.ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and 'no checkpoints in' in proc.stderr
   assert not (tmp_path / 'typo').exists() and not (tmp_path / 'again').exists()
   assert sorted(os.listdir(tmp_path / 'five')) == [

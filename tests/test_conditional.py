@@ -23,8 +23,9 @@ from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
+from tests import draws
 from tests import influence
-from tests import test_train
+from tests import runs
 
 SMALL = dict(num_layers=2, features=6, kernel_size=3, first_kernel_size=3,
              head_features=6)
@@ -127,6 +128,8 @@ def test_decoder_inputs_reproduce_the_model_and_samplers_agree(kind, C):
   out = {m: np.asarray(sampling.complete(decoder, dvars, rng, images, 0,
                                          method=m, fixed=fixed, **inputs))
          for m in ('naive', 'cached')}
+  assert draws.margin(decoder, dvars, rng, out['naive'], fixed=fixed,
+                      **inputs) >= draws.MARGIN
   np.testing.assert_array_equal(out['naive'], out['cached'])
   np.testing.assert_array_equal(out['cached'][:, ::2, ::2],
                                 np.asarray(images)[:, ::2, ::2])
@@ -323,7 +326,7 @@ def test_conditioning_run_must_exist_and_fit(fake_config, tmp_path):
     train.Trainer(config)
   # Reading another run never moves its files: a corrupt newest checkpoint
   # is skipped, not moved aside.
-  test_train._corrupt(checkpointing.checkpoint_dir(plain) / '4')
+  runs.corrupt(checkpointing.checkpoint_dir(plain) / '4')
   run = conditioning.load_run(plain, 'test run', 'configs/test.py')
   assert run.step == 2
   assert sorted(os.listdir(checkpointing.checkpoint_dir(plain))) == ['2', '4']

@@ -3,7 +3,6 @@ FSDP, preemption. Simulated on CPU: fake devices and localhost processes."""
 
 import json
 import os
-import pathlib
 import re
 import signal
 import socket
@@ -19,12 +18,11 @@ from gated_pixelcnn import checkpointing
 from gated_pixelcnn import distributed
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import train
-from tests.test_train import _main
-from tests.test_train import _restore
+from tests import runs
+from tests.conftest import requires_devices
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': ''}
-ENV.pop('XLA_FLAGS', None)
+ROOT = runs.ROOT
+ENV = runs.subprocess_env()
 
 
 def test_imagenet64_config_on_32_devices_matches_one_device():
@@ -59,7 +57,7 @@ def _free_port() -> int:
 
 def _command(workdir, config, *flags):
   """test_train's main.py command, with evaluation only at the end."""
-  return _main(workdir, config, '--config.eval_every_steps=100000', *flags)
+  return runs.main_command(workdir, config, '--config.eval_every_steps=100000', *flags)
 
 
 def _start_processes(workdir, config, log_dir, name, *flags):
@@ -168,8 +166,8 @@ def test_two_processes_preempted_resume_and_match_one_process(
                f'--config.num_train_steps={stop + 3}'),
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-4000:]
-  a, meta_a = _restore(fake_config, str(run))
-  b, meta_b = _restore(fake_config, str(single))
+  a, meta_a = runs.restore(fake_config, str(run))
+  b, meta_b = runs.restore(fake_config, str(single))
   assert int(a.step) == int(b.step) == stop + 3
   assert (meta_a['process_count'], meta_b['process_count']) == (2, 1)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -184,6 +182,7 @@ def test_two_processes_preempted_resume_and_match_one_process(
 # ---------------------------------------------------------------- FSDP
 
 
+@requires_devices(2)
 def test_fsdp_training_end_to_end(fake_config, tmp_path):
   """shard_params on: train, checkpoint, resume, evaluate and sample with
   split parameters; the same result as replicated parameters."""
@@ -200,7 +199,7 @@ def test_fsdp_training_end_to_end(fake_config, tmp_path):
     assert os.listdir(os.path.join(workdir, 'samples'))
   assert results[True]['bits_per_dim'] == pytest.approx(
       results[False]['bits_per_dim'], rel=1e-5)
-  state, _ = _restore(fake_config, str(tmp_path / 'shardTrue'))
+  state, _ = runs.restore(fake_config, str(tmp_path / 'shardTrue'))
   assert any('data' in x.sharding.spec
              for x in jax.tree_util.tree_leaves(state.params))
 

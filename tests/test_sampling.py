@@ -1,9 +1,6 @@
 """Samplers: cached equals naive, draws from the model, completion, errors."""
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +12,8 @@ from gated_pixelcnn import inference
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
+from tests import draws
+from tests import runs
 
 CASES = [
     # (C, num_layers, kernel_size, first_kernel_size, classes, maps, H, W)
@@ -60,6 +59,9 @@ def test_cached_equals_naive(case):
                            method='cached', **kw)
   assert naive.dtype == cached.dtype == jnp.uint8
   assert naive.shape == (3, H, W, C)
+  # No draw of this key is near a tie: equal on any CPU (tests/draws.py).
+  assert draws.margin(model, variables, jax.random.PRNGKey(7), naive,
+                      **cond) >= draws.MARGIN
   np.testing.assert_array_equal(naive, cached)
   # Not a constant image: the samples really depend on the key.
   other = sampling.sample(model, variables, jax.random.PRNGKey(8),
@@ -87,6 +89,8 @@ def test_completion_keeps_observed_subpixels(case):
     out = {m: sampling.complete(model, variables, jax.random.PRNGKey(2),
                                 images, observed, method=m, **cond)
            for m in sampling.METHODS}
+    assert draws.margin(model, variables, jax.random.PRNGKey(2),
+                        out['naive'], start=observed, **cond) >= draws.MARGIN
     np.testing.assert_array_equal(out['naive'], out['cached'])
     flat_in = np.asarray(images).reshape(3, -1)
     flat_out = np.asarray(out['cached']).reshape(3, -1)
@@ -236,8 +240,7 @@ def test_sample_and_complete_modes_write_pngs_and_summaries(fake_config,
   grid = np.asarray(Image.open(path))
   # 4 rows of original | occluded | 2 completions, 28x28 tiles, pad 2, x2.
   assert grid.shape == (2 * (4 * 30 + 2), 2 * (4 * 30 + 2))
-  from tests.test_train import _tags  # pylint: disable=g-import-not-at-top
-  assert {'samples', 'samples_cached_t1', 'completions'} <= _tags(workdir)
+  assert {'samples', 'samples_cached_t1', 'completions'} <= runs.tags(workdir)
 
 
 def test_modes_without_checkpoint_fail_clearly(fake_config, tmp_path):
