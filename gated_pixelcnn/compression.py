@@ -35,6 +35,7 @@ import shutil
 import struct
 import tempfile
 import time
+import warnings
 
 from absl import logging
 import constriction
@@ -352,15 +353,25 @@ def _log_progress(verb, done, total, start, bits, image_shape, what):
 
 
 def read_image(path, image_shape) -> np.ndarray:
-  """An 8-bit image file as uint8 [H, W, C]; clear errors otherwise."""
+  """An 8-bit image file as uint8 [H, W, C]; clear errors otherwise. The
+  size and mode come from the header, checked before any pixel is decoded:
+  a small file that claims a huge image is refused, not decompressed."""
   H, W, C = image_shape
   expected = {1: 'L', 3: 'RGB'}.get(C)
   try:
-    with Image.open(path) as im:
-      im.load()
-      mode, size = im.mode, im.size
-      frames = getattr(im, 'n_frames', 1)
-      array = np.asarray(im)
+    with warnings.catch_warnings():
+      # The size is checked below, before decoding: no warning needed.
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      with Image.open(path) as im:
+        mode, size = im.mode, im.size
+        frames = getattr(im, 'n_frames', 1)
+        if (size[1], size[0]) == (H, W) and mode == expected and (
+            frames == 1):
+          im.load()
+          array = np.asarray(im)
+  except Image.DecompressionBombError as e:
+    raise CompressionError(f'{path} claims a huge image ({e}); compress '
+                           f'takes {W}x{H} images.') from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise CompressionError(f'{path} is not an image file Pillow can read '
                            f'({e}).') from e
@@ -428,6 +439,13 @@ def load_inputs(config, image_shape
   files = _files(path) if path.is_dir() else [path]
   if limit:
     files = files[:limit]
+  for p in files:   # names are stored as UTF-8
+    try:
+      p.name.encode('utf-8')
+    except UnicodeEncodeError as e:
+      raise CompressionError(
+          f'{os.fsencode(p)!r}: the file name is not valid UTF-8, so it '
+          'cannot be stored; rename the file.') from e
   images = np.stack([read_image(p, image_shape) for p in files])
   return images, [p.stem for p in files], f'{spec} ({len(files)} images)'
 
@@ -446,6 +464,13 @@ def _output(config, folder: bool) -> epath.Path:
                            'decompress and compress.per_image, the folder) '
                            'to write.')
   path = epath.Path(config.compress.output)
+  parent = path.parent
+  while not parent.exists() and parent != parent.parent:
+    parent = parent.parent
+  if not parent.is_dir():
+    raise CompressionError(f'compress.output {path} lies under {parent}, '
+                           'which is a file, not a folder; give another '
+                           'path.')
   if os.path.islink(path):
     raise CompressionError(f'compress.output {path} is a symbolic link; give '
                            'a new path.')

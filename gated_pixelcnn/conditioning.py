@@ -28,6 +28,8 @@ import ml_collections
 import numpy as np
 
 from gated_pixelcnn import checkpointing
+from gated_pixelcnn import errors
+from gated_pixelcnn import workdir as workdir_lib
 
 SOURCES = ('', 'embedding', 'subsample')
 CONFIG_FILE = 'config.json'
@@ -37,17 +39,15 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """WORKDIR/config.json: how the run was configured (process 0 only)."""
   if jax.process_index() != 0:
     return
-  path = epath.Path(workdir) / CONFIG_FILE
-  tmp = path.parent / (path.name + '.tmp')
-  tmp.write_text(config.to_json_best_effort(indent=2))
-  tmp.replace(path)
+  workdir_lib.write_atomic(epath.Path(workdir) / CONFIG_FILE,
+                           config.to_json_best_effort(indent=2))
 
 
 def read_config(workdir: str | None, what: str, hint: str
                 ) -> ml_collections.ConfigDict:
   """The config a run in ``workdir`` was trained with; clear errors if none."""
   if not workdir:
-    raise ValueError(
+    raise errors.ConfigError(
         f'bad config: {what} needs a trained run: train it with '
         f'`python -m gated_pixelcnn.main --config={hint} --workdir=DIR`, then '
         f'pass its folder, e.g. --config.conditioning.workdir=DIR.')
@@ -99,7 +99,7 @@ class Conditioner:
                           'configs/fashion_mnist_embedding.py')
       model = self.run.trainer.model
       if model.objective != 'triplet':
-        raise ValueError(
+        raise errors.ConfigError(
             f'bad config: conditioning.workdir {cond.workdir} holds a '
             f'{self.run.config.model.name!r} run, not an embedding network '
             '(model.name = embedding_net).')
@@ -113,7 +113,7 @@ class Conditioner:
       low = self.run.config
       if (low.subsample <= 1 or low.model.name != 'gated_pixelcnn' or
           low.model.get('num_classes', 0)):
-        raise ValueError(
+        raise errors.ConfigError(
             f'bad config: conditioning.workdir {cond.workdir} holds a '
             f'{low.model.name!r} run with subsample = {low.subsample} and '
             f'num_classes = {low.model.get("num_classes", 0)}; multi-scale '
@@ -129,7 +129,7 @@ class Conditioner:
   def _check_same_images(self, config, workdir) -> None:
     other = self.run.config
     if other.dataset != config.dataset:
-      raise ValueError(
+      raise errors.ConfigError(
           f'bad config: conditioning.workdir {workdir} was trained on '
           f'{other.dataset!r}, this model on {config.dataset!r}.')
 

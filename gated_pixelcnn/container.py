@@ -33,6 +33,8 @@ import zlib
 
 import numpy as np
 
+from gated_pixelcnn import errors
+
 MAGIC = b'\x89GPX\r\n\x1a\n'
 VERSION = 1
 SUFFIX = '.gpx'
@@ -50,7 +52,7 @@ _LIMITS = {'step': (0, 2**32 - 1), 'height': (1, 2**16 - 1),
            'number of images': (1, 2**32 - 1)}
 
 
-class CompressionError(ValueError):
+class CompressionError(errors.UserError, ValueError):
   """Bad input for compress/decompress; the message says what to do."""
 
 

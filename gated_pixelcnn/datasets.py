@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
+import zlib
 
 from absl import logging
 import numpy as np
@@ -32,11 +33,13 @@ from tensorflow_datasets.datasets.downsampled_imagenet import downsampled_imagen
 from tensorflow_datasets.image_classification import cifar
 from tensorflow_datasets.image_classification import mnist
 
+from gated_pixelcnn import errors
+
 FILE_FORMAT = 'array_record'
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.UserError, ValueError):
   """A dataset is missing, corrupt or unusable; the message says how to fix it."""
 
 
@@ -52,8 +55,10 @@ def read_idx(path: os.PathLike, expected_ndim: int) -> np.ndarray:
   try:
     with _open_maybe_gzip(path) as f:
       data = f.read()
-  except (OSError, EOFError) as e:
-    raise DatasetError(f'cannot read IDX file {path}: {e}') from e
+  except (OSError, EOFError, zlib.error) as e:
+    raise DatasetError(f'cannot read IDX file {path} ({type(e).__name__}: '
+                       f'{e}): the file is damaged; copy or download it '
+                       'again.') from e
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] != 0x08:
     raise DatasetError(f'{path} is not an IDX file of unsigned bytes (bad '
                        f'magic number {data[:4]!r}).')

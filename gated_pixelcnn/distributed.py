@@ -27,11 +27,13 @@ import os
 from absl import logging
 import jax
 
+from gated_pixelcnn import errors
+
 # Setting this environment variable to 1 has the effect of --distributed.
 ENV_FLAG = 'GATED_PIXELCNN_DISTRIBUTED'
 
 
-class DistributedError(RuntimeError):
+class DistributedError(errors.UserError, RuntimeError):
   """The multi-process runtime could not start; the message says why."""
 
 

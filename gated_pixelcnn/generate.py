@@ -14,6 +14,8 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from gated_pixelcnn import datasets
+from gated_pixelcnn import errors
 from gated_pixelcnn import grids
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import models
@@ -124,7 +126,7 @@ def test_images(trainer, builder, n: int, per_class: bool = False
   else:
     examples = source.__getitems__(list(range(min(n, len(source)))))
   if not examples:
-    raise ValueError(f'the {trainer.spec.eval_split} split is empty.')
+    raise datasets.DatasetError(f'the {trainer.spec.eval_split} split is empty.')
   images = np.stack([ex['image'] for ex in examples])
   labels = (np.asarray([ex['label'] for ex in examples], np.int32)
             if has_labels else None)
@@ -229,7 +231,7 @@ def interpolation_grid(trainer, params, rng, image_a, image_b,
   pair = np.stack([image_a, image_b])
   h = conditioning_of(trainer, params, pair)
   if h.ndim != 2:
-    raise ValueError('interpolation needs a vector h (auto-encoder or '
+    raise errors.ConfigError('interpolation needs a vector h (auto-encoder or '
                      'embedding model).')
   t = jnp.linspace(0.0, 1.0, num_points)[:, None]
   line = (1.0 - t) * h[0][None] + t * h[1][None]        # [points, D]

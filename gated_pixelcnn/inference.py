@@ -3,6 +3,9 @@ embed_sample and interpolate."""
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 from absl import logging
 from clu import metric_writers
 import jax
@@ -12,11 +15,13 @@ import numpy as np
 
 from gated_pixelcnn import checkpointing
 from gated_pixelcnn import conditioning
+from gated_pixelcnn import errors
 from gated_pixelcnn import generate
 from gated_pixelcnn import grids
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import models
 from gated_pixelcnn import train
+from gated_pixelcnn import workdir as workdir_lib
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str,
@@ -50,11 +55,24 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
   return trainer, restored[0]
 
 
+def _writes_workdir(mode: Callable) -> Callable:
+  """A --mode job that writes into a trained run's workdir (results,
+  figures, TensorBoard): it holds the workdir's lock while it runs, so it
+  cannot mix with a training run or another job there."""
+
+  @functools.wraps(mode)
+  def job(config: ml_collections.ConfigDict, workdir: str):
+    with workdir_lib.writer(workdir, create=False) as workdir:
+      return mode(config, workdir)
+  return job
+
+
 def _writer(workdir):
   return metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 
 
+@_writes_workdir
 def evaluate_checkpoint(config: ml_collections.ConfigDict,
                         workdir: str) -> dict[str, float]:
   """--mode=eval: exact test bits/dim of the newest checkpoint in workdir."""
@@ -69,6 +87,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
   return metrics
 
 
+@_writes_workdir
 def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """--mode=sample: a grid of samples to WORKDIR/samples/ and TensorBoard.
 
@@ -78,7 +97,7 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """
   trainer, state = restore(config, workdir)
   if not generate.can_sample(trainer):
-    raise ValueError(
+    raise errors.ConfigError(
         f'model.name = {config.model.name!r} is not a generative model; '
         '--mode=reconstruct shows what the MSE auto-encoder does, '
         '--mode=eval the embedding network\'s triplet loss.')
@@ -100,6 +119,7 @@ def _rng(config, step):
   return jax.random.fold_in(jax.random.PRNGKey(config.sample.seed), step)
 
 
+@_writes_workdir
 def reconstruct_checkpoint(config: ml_collections.ConfigDict,
                            workdir: str) -> str:
   """--mode=reconstruct: the paper's auto-encoder figure.
@@ -112,7 +132,7 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
   model = trainer.model
   if not isinstance(model, (models.PixelCNNAutoEncoder,
                             models.MSEAutoEncoder)):
-    raise ValueError(
+    raise errors.ConfigError(
         f'--mode=reconstruct needs an auto-encoder (model.name = '
         f'pixelcnn_autoencoder or mse_autoencoder), not '
         f'{config.model.name!r}.')
@@ -131,7 +151,7 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
           config.sample.mse_workdir, 'MSE auto-encoder baseline',
           'configs/fashion_mnist_autoencoder.py:mse')
       if not isinstance(run.trainer.model, models.MSEAutoEncoder):
-        raise ValueError(f'sample.mse_workdir {config.sample.mse_workdir} '
+        raise errors.ConfigError(f'sample.mse_workdir {config.sample.mse_workdir} '
                          f'holds a {run.config.model.name!r} run, not an '
                          'mse_autoencoder.')
       extra.append(mse_reconstruction(
@@ -156,7 +176,7 @@ def _check_vector_conditioned(trainer, mode: str) -> None:
   ok = isinstance(model, models.PixelCNNAutoEncoder) or (
       trainer.conditioner.source == 'embedding')
   if not ok:
-    raise ValueError(
+    raise errors.ConfigError(
         f'--mode={mode} needs a model conditioned on an image\'s vector h: '
         'an embedding-conditioned model (configs/fashion_mnist_embedding_'
         'pixelcnn.py) or a PixelCNN auto-encoder; '
@@ -164,6 +184,7 @@ def _check_vector_conditioned(trainer, mode: str) -> None:
         f'{trainer.conditioner.source!r} is not.')
 
 
+@_writes_workdir
 def embed_sample_checkpoint(config: ml_collections.ConfigDict,
                             workdir: str) -> str:
   """--mode=embed_sample: new images from the h of unseen test images.
@@ -181,6 +202,7 @@ def embed_sample_checkpoint(config: ml_collections.ConfigDict,
                              grid)
 
 
+@_writes_workdir
 def interpolate_checkpoint(config: ml_collections.ConfigDict,
                            workdir: str) -> str:
   """--mode=interpolate: samples along the line between the h of two test
@@ -193,7 +215,7 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
                                     per_process=False)
   for k in (a, b):
     if not 0 <= k < len(source):
-      raise ValueError(f'sample.interpolate_pair = {(a, b)}: index {k} is not '
+      raise errors.ConfigError(f'sample.interpolate_pair = {(a, b)}: index {k} is not '
                        f'in the test split (0..{len(source) - 1}).')
   image_a, image_b = (ex['image'] for ex in source.__getitems__([a, b]))
   step = int(state.step)
@@ -205,12 +227,13 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
                              f'interpolation_{a}_{b}', grid)
 
 
+@_writes_workdir
 def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """--mode=complete: test images with their lower part sampled again."""
   trainer, state = restore(config, workdir)
   if generate.is_conditioned_on_images(trainer.model) or not (
       generate.can_sample(trainer)):
-    raise ValueError(
+    raise errors.ConfigError(
         f'--mode=complete is for unconditional and class-conditional models; '
         f'for {config.model.name!r} use --mode=sample (samples given the h '
         'of test images).')
@@ -219,7 +242,7 @@ def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   if num_rows is None:
     num_rows = H // 2
   if not 0 <= num_rows <= H:
-    raise ValueError(f'sample.observed_rows = {num_rows} must be in 0..{H}.')
+    raise errors.ConfigError(f'sample.observed_rows = {num_rows} must be in 0..{H}.')
   images, labels = generate.test_images(
       trainer, input_pipeline.get_builder(config), config.sample.num_samples)
   f = config.get('subsample', 1)

@@ -24,13 +24,13 @@ import math
 import os
 from typing import Iterator
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 
 from gated_pixelcnn import datasets
+from gated_pixelcnn import errors
 
 Batch = dict[str, np.ndarray]
 
@@ -89,6 +89,10 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
   """
   spec = get_spec(config.dataset)
   data_dir = config.get('data_dir') or None
+  if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise datasets.DatasetError(
+        f'data_dir {data_dir} is a file, not a folder; set '
+        '--config.data_dir to a folder for prepared datasets.')
   builder = datasets.local_builder(config.dataset, data_dir)
   if _prepared_on_every_process(builder, config.dataset):
     return builder
@@ -203,7 +207,7 @@ class TrainBatches:
     count = jax.process_count() if process_count is None else process_count
     index = jax.process_index() if process_index is None else process_index
     if batch_size % count:
-      raise ValueError(f'batch_size = {batch_size} is not divisible by the '
+      raise errors.ConfigError(f'batch_size = {batch_size} is not divisible by the '
                        f'{count} processes.')
     if len(source) < batch_size:
       raise datasets.DatasetError(

@@ -15,7 +15,7 @@ Conventions used throughout (shapes in names, see STYLE.md):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

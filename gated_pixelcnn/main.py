@@ -11,6 +11,7 @@
 
 import logging as std_logging
 import os
+import sys
 
 # TensorFlow serves tf.data/TFDS only: keep it off the accelerators and quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -18,15 +19,16 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
-from etils import epath
 import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
 from gated_pixelcnn import compression
 from gated_pixelcnn import distributed
+from gated_pixelcnn import errors
 from gated_pixelcnn import inference
 from gated_pixelcnn import train
+from gated_pixelcnn import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -74,36 +76,110 @@ MODES = {'train': train.train_and_evaluate,
          'decompress': compression.decompress_checkpoint}
 
 
+# Set to 1 for the full traceback of every error, user errors included.
+TRACEBACK_ENV = 'GATED_PIXELCNN_TRACEBACK'
+
+
+def _tracebacks() -> bool:
+  return os.environ.get(TRACEBACK_ENV, '') not in ('', '0')
+
+
 class _QuietOrbax(std_logging.Filter):
-  """Drops Orbax's per-save INFO chatter; its warnings and errors stay."""
+  """Drops Orbax's per-save INFO chatter and, unless tracebacks are asked
+  for, the tracebacks of its errors (the error that stops the run is
+  reported once, in one line); its warnings and errors stay."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or (
-        '/orbax/' not in record.pathname)
+    if '/orbax/' not in record.pathname:
+      return True
+    if record.levelno >= std_logging.ERROR and not _tracebacks():
+      record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
-def main(argv):
+def _quiet_async_noise() -> None:
+  """After a failed restore, TensorStore's callbacks meet Orbax's closed
+  event loops: hundreds of "Event loop is closed" and "exception was never
+  retrieved" tracebacks that say nothing the one-line error does not."""
+  std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+  default = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and
+            'Event loop is closed' in str(unraisable.exc_value)):
+      default(unraisable)
+  sys.unraisablehook = hook
+
+
+def _config_error(e: Exception) -> errors.ConfigError:
+  """What went wrong loading --config and applying its overrides."""
+  if isinstance(e, AttributeError):   # an override of a key it lacks
+    key = str(e).strip('"\'')
+    return errors.ConfigError(
+        f'bad config: an override names {key!r}, a key the config does not '
+        'have; the config file lists its keys (e.g. '
+        '--config.model.num_layers=4).')
+  lines = [line.strip() for line in str(e).strip().splitlines()]
+  detail = ' '.join(lines[1:] or lines)
+  return errors.ConfigError(
+      f'--config: cannot load the config file ({type(e).__name__}: '
+      f'{detail}); give a configs/*.py file (e.g. '
+      '--config=configs/default.py).')
+
+
+def _run(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}', exitcode=2)
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  if not _tracebacks():
+    _quiet_async_noise()
   tf.config.set_visible_devices([], 'GPU')
+  try:
+    config = FLAGS.config
+    config.keys()   # a file that failed to load fails on first use
+  except Exception as e:  # pylint: disable=broad-except
+    raise _config_error(e) from e
   if FLAGS.mode == 'train':
     train.handle_sigterm()  # from the start: checkpoint and stop
   # Both before JAX's backends start.
-  train.configure_cpu_devices(FLAGS.config)
+  train.configure_cpu_devices(config)
   if distributed.requested(FLAGS.distributed):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
   elif FLAGS.coordinator_address or FLAGS.num_processes is not None or (
       FLAGS.process_id is not None):
     raise app.UsageError('--coordinator_address, --num_processes and '
-                         '--process_id need --distributed.')
+                         '--process_id need --distributed.', exitcode=2)
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  if FLAGS.mode not in ('compress', 'decompress'):   # these only read it
-    epath.Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)
-  MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  MODES[FLAGS.mode](config, workdir_lib.resolve(FLAGS.workdir))
+
+
+def main(argv):
+  try:
+    _run(argv)
+  except errors.UserError as e:
+    if _tracebacks():
+      raise
+    logging.flush()
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2 if isinstance(e, errors.ConfigError) else 1)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad flag, config file or override reported
+  like any usage error: one line, exit status 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = f'{e}\nPass --helpfull to see the flags.'
+  except Exception as e:  # pylint: disable=broad-except
+    if _tracebacks():
+      raise
+    message = str(_config_error(e))   # only --config parses with code
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -127,7 +127,9 @@ def _check_common(module) -> None:
   _check_divisible('head_features', module.head_features, module.num_channels)
   if module.num_classes < 0:
     raise ValueError(f'num_classes must be >= 0, got {module.num_classes}.')
-  if jnp.dtype(module.dtype) not in (jnp.float32, jnp.bfloat16):
+  if str(module.dtype) not in ('float32', 'bfloat16') and not (
+      isinstance(module.dtype, type) and module.dtype in (jnp.float32,
+                                                          jnp.bfloat16)):
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got "
                      f'{module.dtype!r}.')
 

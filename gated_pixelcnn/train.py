@@ -9,6 +9,7 @@ state is donated.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -34,10 +35,15 @@ import optax
 
 from gated_pixelcnn import checkpointing
 from gated_pixelcnn import conditioning
+from gated_pixelcnn import datasets
+from gated_pixelcnn import errors
 from gated_pixelcnn import generate
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
+from gated_pixelcnn import optim
+from gated_pixelcnn import validation
+from gated_pixelcnn import workdir as workdir_lib
 
 P = jax.sharding.PartitionSpec
 # Fetch metrics (and so block) at least this often: on small CPU machines,
@@ -55,128 +61,15 @@ class TrainState:
   rng: jax.Array           # uint32[2] key for stochastic work (samples)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """Training produced a NaN or infinite loss."""
 
 
-# ------------------------------------------------------------------- config
-
-
-def validate_config(config: ml_collections.ConfigDict,
-                    num_devices: int | None = None) -> input_pipeline.DatasetSpec:
-  """Fails fast, with a message naming the key, on a config that cannot run."""
-  spec = input_pipeline.get_spec(config.dataset)
-  num_devices = num_devices or jax.device_count()
-
-  def check(ok, message):
-    if not ok:
-      raise ValueError(f'bad config: {message}')
-
-  for key in ('num_train_steps',):
-    check(config[key] >= 0, f'{key} = {config[key]} must be >= 0.')
-  for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
-              'checkpoint_every_steps', 'max_to_keep'):
-    check(config[key] > 0, f'{key} = {config[key]} must be > 0.')
-  for key in ('batch_size', 'eval_batch_size'):
-    check(config[key] % num_devices == 0,
-          f'{key} = {config[key]} must be divisible by the number of devices '
-          f'({num_devices}); e.g. --config.{key}='
-          f'{max(1, config[key] // num_devices) * num_devices}.')
-    check(config[key] % jax.process_count() == 0,
-          f'{key} must be divisible by the process count.')
-  check(config.microbatches >= 0 and (
-      config.microbatches == 0 or
-      config.batch_size % (num_devices * config.microbatches) == 0),
-        f'microbatches = {config.microbatches} must be 0 (auto) or divide '
-        f'the per-device batch (batch_size {config.batch_size} / '
-        f'{num_devices} devices); e.g. --config.microbatches=0.')
-  check(config.get('shard_params_min_size', 0) >= 0,
-        f'shard_params_min_size = {config.get("shard_params_min_size")} must '
-        f'be >= 0.')
-  check(config.cpu_devices >= 0,
-        f'cpu_devices = {config.cpu_devices} must be >= 0 (0: one per core).')
-  check(config.learning_rate > 0,
-        f'learning_rate = {config.learning_rate} must be > 0.')
-  check(config.optimizer in OPTIMIZERS,
-        f'optimizer {config.optimizer!r} is not one of {sorted(OPTIMIZERS)}.')
-  check(config.lr_schedule in ('constant', 'cosine'),
-        f"lr_schedule {config.lr_schedule!r} is not 'constant' or 'cosine'.")
-  check(0 <= config.warmup_steps, 'warmup_steps must be >= 0.')
-  check(config.grad_clip_norm >= 0, 'grad_clip_norm must be >= 0 (0: off).')
-  check(0 <= config.ema_decay < 1, 'ema_decay must be in [0, 1) (0: off).')
-  f = config.get('subsample', 1)
-  H, W, _ = spec.image_shape
-  check(f >= 1 and H % f == 0 and W % f == 0,
-        f'subsample = {f} must be >= 1 and divide the image size {H}x{W}.')
-  check(config.model.num_channels == spec.image_shape[-1],
-        f'model.num_channels = {config.model.num_channels} but '
-        f'{config.dataset} images have {spec.image_shape[-1]} channel(s) '
-        f'(shape {spec.image_shape}).')
-  num_classes = config.model.get('num_classes', 0)
-  check(num_classes in (0, spec.num_classes),
-        f'model.num_classes = {num_classes} but {config.dataset} '
-        f'has {spec.num_classes or "no"} labels; use 0 (unconditional)'
-        + (f' or {spec.num_classes}.' if spec.num_classes else '.'))
-  model = models.create_model(config.model)  # checks the architecture
-  check(model.objective != 'triplet' or spec.num_classes,
-        f'the embedding network trains on labels; {config.dataset} has none.')
-  check(model.objective != 'triplet' or config.microbatches in (0, 1),
-        'the triplet loss mines triplets in the whole batch: set '
-        'microbatches = 1 (or 0).')
-  source = config.conditioning.source if 'conditioning' in config else ''
-  check(source in conditioning.SOURCES,
-        f'conditioning.source {source!r} is not one of {conditioning.SOURCES}.')
-  needs_source = isinstance(model, models.ConditionalPixelCNN) and not (
-      isinstance(model, models.PixelCNNAutoEncoder))
-  check(needs_source == bool(source),
-        f"model.name = {config.model.name!r} with conditioning.source = "
-        f"{source!r}: a conditional_pixelcnn needs a source ('embedding' or "
-        f"'subsample'); other models take none (set it to '').")
-  check(source != 'subsample' or model.conditioning == 'spatial',
-        "multi-scale conditions on a low-resolution image: set "
-        "model.conditioning = 'spatial'.")
-  sample = config.sample
-  check(sample.num_samples > 0, 'sample.num_samples must be > 0.')
-  check(sample.method in ('naive', 'cached'),
-        f"sample.method {sample.method!r} is not 'naive' or 'cached'.")
-  check(sample.method == 'naive' or isinstance(
-      model, (models.GatedPixelCNN, models.ConditionalPixelCNN,
-              models.MSEAutoEncoder, models.EmbeddingNet)),
-        f"sample.method='cached' needs model.name='gated_pixelcnn'; use "
-        f"sample.method='naive' for {config.model.name!r}.")
-  check(sample.temperature >= 0, 'sample.temperature must be >= 0.')
-  return spec
-
-
-# ----------------------------------------------------------------- optimizer
-
-
-OPTIMIZERS = {
-    # The paper trains with RMSProp.
-    'rmsprop': lambda lr, c: optax.rmsprop(lr, decay=c.rmsprop_decay,
-                                           eps=c.rmsprop_eps),
-    'adam': lambda lr, c: optax.adam(lr),
-}
-
-
-def create_optimizer(config) -> tuple[optax.GradientTransformation,
-                                      optax.Schedule]:
-  """The optimizer with its learning-rate schedule and gradient clipping."""
-  if config.lr_schedule == 'cosine':
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps,
-        max(config.num_train_steps, config.warmup_steps + 1))
-  else:
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate,
-                               config.warmup_steps),
-         optax.constant_schedule(config.learning_rate)],
-        [config.warmup_steps])
-  chain = []
-  if config.grad_clip_norm:
-    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  chain.append(OPTIMIZERS[config.optimizer](schedule, config))
-  return optax.chain(*chain), schedule
+# The config checks and the optimizer live in their own modules; these names
+# stay importable from here.
+validate_config = validation.validate_config
+OPTIMIZERS = optim.OPTIMIZERS
+create_optimizer = optim.create_optimizer
 
 
 # ------------------------------------------------------------------- steps
@@ -371,7 +264,7 @@ def configure_cpu_devices(config) -> None:
   devices. Left alone when XLA_FLAGS already forces a host device count.
   """
   if config.cpu_devices < 0:
-    raise ValueError(f'bad config: cpu_devices = {config.cpu_devices} must be '
+    raise errors.ConfigError(f'bad config: cpu_devices = {config.cpu_devices} must be '
                      '>= 0 (0: one per core).')
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return
@@ -473,7 +366,7 @@ class Trainer:
     images subsampled by config.subsample and the conditioning input."""
     expected = self.data_spec.image_shape
     if local['image'].shape[1:] != expected:
-      raise ValueError(
+      raise datasets.DatasetError(
           f'{self.config.dataset} images have shape {local["image"].shape[1:]}'
           f', expected {expected}; the prepared data does not match the spec.')
     f = self.config.get('subsample', 1)
@@ -592,22 +485,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Args:
     config: the experiment config (see configs/default.py).
     workdir: checkpoints go to WORKDIR/checkpoints, TensorBoard events to
-      WORKDIR, the final eval metrics to WORKDIR/eval_results.json.
+      WORKDIR, the final eval metrics to WORKDIR/eval_results.json. Created
+      if missing; refused if it is someone else's folder or another process
+      is writing to it (gated_pixelcnn.workdir).
     extra_hooks: callables run with the step number after every step.
 
   Returns:
     The final eval metrics.
   """
-  trainer = Trainer(config)
-  builder = input_pipeline.get_builder(config)
+  trainer = Trainer(config)   # a bad config fails here, before any writing
+  with workdir_lib.writer(workdir) as workdir:
+    checkpointing.probe(workdir)
+    builder = input_pipeline.get_builder(config)
+    manager = checkpointing.create_manager(workdir, config.max_to_keep)
+    try:
+      step, eval_metrics = _train(config, workdir, trainer, builder, manager,
+                                  extra_hooks)
+    except BaseException:
+      with contextlib.suppress(Exception):   # the first error is the one
+        checkpointing.close(manager)
+      raise
+    checkpointing.close(manager)   # a failed last save raises here
+    if eval_metrics:
+      write_eval_results(workdir, step, eval_metrics, config)
+    return eval_metrics
+
+
+def _train(config, workdir: str, trainer: Trainer, builder, manager,
+           extra_hooks: Iterable[Callable[[int], None]]
+           ) -> tuple[int, dict[str, float]]:
+  """Restores or initialises the state and trains; returns the last step
+  and the last eval metrics."""
   spec = trainer.spec
   with_labels = trainer.with_labels
   train_source = input_pipeline.open_split(builder, spec.train_split,
                                           per_process=False)
-
-  manager = checkpointing.create_manager(workdir, config.max_to_keep)
   restored = checkpointing.restore_latest(manager, workdir,
-                                          trainer.abstract_state)
+                                          trainer.abstract_state,
+                                          expected_meta=state_config(config))
   if restored is None:
     state = trainer.init(jax.random.PRNGKey(config.seed))
     logging.info('Starting from scratch in %s.', workdir)
@@ -650,7 +565,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpointing.save(manager, step, state, {
         'step': step, 'examples_seen': step * config.batch_size,
         'process_count': jax.process_count(), 'data_order': DATA_ORDER,
-        **_data_order(config)})
+        **_data_order(config), **state_config(config)})
 
   def run_eval(step):
     nonlocal eval_metrics
@@ -697,10 +612,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               f'train/{k}': float(np.mean([m[k] for m in window]))
               for k in window[0]})
           window = []
+        if is_ckpt:   # first: a failing evaluation must not lose the step
+          checkpoint(step)
         if is_eval and not stop:
           run_eval(step)
-        if is_ckpt:
-          checkpoint(step)
         if stop:
           logging.warning('Stopped at step %d on request; rerun the same '
                           'command to resume.%s', step, _digest_note(state))
@@ -708,12 +623,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if num_steps == start_step and not eval_metrics:
         run_eval(step)  # nothing to train: report the checkpoint's quality
     finally:
-      manager.wait_until_finished()
       writer.flush()
-  manager.close()
-  if eval_metrics:
-    write_eval_results(workdir, step, eval_metrics, config)
-  return eval_metrics
+  return step, eval_metrics
 
 
 def _digest_note(state) -> str:
@@ -776,6 +687,16 @@ def _data_order(config) -> dict[str, Any]:
           'dataset': config.dataset}
 
 
+def state_config(config) -> dict[str, Any]:
+  """What shapes the train state (recorded in checkpoint meta and checked
+  on resume): the model (its compute dtype aside), the optimizer, and
+  whether EMA and gradient clipping are on."""
+  model = {k: v for k, v in config.model.to_dict().items() if k != 'dtype'}
+  return {'model': model, 'optimizer': config.optimizer,
+          'ema': bool(config.ema_decay), 'grad_clip': bool(
+              config.grad_clip_norm)}
+
+
 def _check_meta(meta: dict[str, Any], config) -> None:
   if meta.get('process_count', 1) > 1 and meta.get('data_order') != DATA_ORDER:
     logging.warning(
@@ -799,7 +720,5 @@ def write_eval_results(workdir: str, step: int, metrics: dict[str, float],
              'split': input_pipeline.get_spec(config.dataset).eval_split,
              **{f'eval/{k}': v for k, v in metrics.items()}}
   path = epath.Path(workdir) / 'eval_results.json'
-  tmp = path.parent / (path.name + '.tmp')
-  tmp.write_text(json.dumps(results, indent=2))
-  tmp.replace(path)
+  workdir_lib.write_atomic(path, json.dumps(results, indent=2))
   logging.info('Eval results: %s (written to %s)', results, path)

@@ -5,7 +5,6 @@ sample) and compares the logits bit for bit in float32 on CPU, each image
 computed by the same program at batch 1 (tests/influence.py).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
