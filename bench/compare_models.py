@@ -1,8 +1,8 @@
 """PixelCNN, Row LSTM, Diagonal BiLSTM and Gated PixelCNN on one wall-clock
 budget: the PixelRNN/PixelCNN papers' comparison at small scale.
 
-  python bench/compare_models.py --minutes=12 --out=docs/compare
-  python bench/compare_models.py --models=row_lstm --minutes=1 --out=/tmp/c
+  python -m bench.compare_models --minutes=12 --out=docs/compare
+  python -m bench.compare_models --models=row_lstm --minutes=1 --out=/tmp/c
 
 Each model trains in its own subprocess, as `main.py` trains it on this host
 (one CPU device per core, auto micro-batches), from its config:
@@ -29,7 +29,9 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:   # run as a file, its folder would shadow installed modules
+  sys.exit(f'Run it as a module from the repository root: python -m '
+           f'bench.{pathlib.Path(__file__).stem} ...')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 CONFIGS = {
@@ -160,7 +162,7 @@ def main():
   results = []
   for name in names:
     proc = subprocess.run(
-        [sys.executable, __file__, f'--worker={name}',
+        [sys.executable, '-m', 'bench.compare_models', f'--worker={name}',
          f'--minutes={args.minutes}', f'--points={args.points}',
          f'--subset={args.subset}'],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)

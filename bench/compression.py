@@ -1,7 +1,7 @@
 """Lossless compression of a dataset split: the model's range coder against
 PNG, WebP and JPEG-XL (lossless), and encode/decode speed.
 
-  python bench/compression.py --workdir=/path/to/trained/run \\
+  python -m bench.compression --workdir=/path/to/trained/run \\
       [--config=configs/default.py] [--split=test] [--num_images=0] \\
       [--batch_size=256] [--per_image=200] [--out=docs/compression]
 
@@ -34,11 +34,9 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# This file's folder must not be on the path: JAX probes for Python 3.14's
-# `compression` package, which this script's name would shadow.
-sys.path[:] = [p for p in sys.path
-               if pathlib.Path(p or '.').resolve() != ROOT / 'bench']
-sys.path.insert(0, str(ROOT))
+if not __package__:   # run as a file, its folder would shadow installed modules
+  sys.exit(f'Run it as a module from the repository root: python -m '
+           f'bench.{pathlib.Path(__file__).stem} ...')
 
 from absl import logging  # pylint: disable=g-import-not-at-top
 import jax
@@ -47,7 +45,6 @@ import numpy as np
 from PIL import Image
 
 from gated_pixelcnn import compression  # pylint: disable=g-import-not-at-top
-from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train

@@ -1,8 +1,8 @@
 """Per-device memory of the paper's ImageNet 64x64 train step, replicated
 vs FSDP (config.shard_params), from shapes and XLA's compiled program.
 
-  python bench/memory.py                       # 32 devices, float32 + bf16
-  python bench/memory.py --devices=8 --config=configs/imagenet32.py
+  python -m bench.memory                       # 32 devices, float32 + bf16
+  python -m bench.memory --devices=8 --config=configs/imagenet32.py
 
 Nothing is allocated or run: the state's bytes per device come from its
 shardings, and XLA:CPU's memory analysis of the compiled SPMD step (on
@@ -21,7 +21,9 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:   # run as a file, its folder would shadow installed modules
+  sys.exit(f'Run it as a module from the repository root: python -m '
+           f'bench.{pathlib.Path(__file__).stem} ...')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ['JAX_PLATFORMS'] = 'cpu'
 

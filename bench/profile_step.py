@@ -1,7 +1,7 @@
 """Where the train step's time goes, and how fast the dominant kernel can be.
 
-  python bench/profile_step.py [--features=48] [--cpu-devices=0] [--microbatches=0]
-  python bench/profile_step.py --conv [--features=48]   # kernel ceiling
+  python -m bench.profile_step [--features=48] [--cpu-devices=0] [--microbatches=0]
+  python -m bench.profile_step --conv [--features=48]   # kernel ceiling
 
 Default mode: traces 3 train steps of the default model (batch 32, float32,
 run as training runs it here: `bench/train.py`'s `jitted_step`)
@@ -33,8 +33,9 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'bench'))
+if not __package__:   # run as a file, its folder would shadow installed modules
+  sys.exit(f'Run it as a module from the repository root: python -m '
+           f'bench.{pathlib.Path(__file__).stem} ...')
 
 
 def _best_seconds(fn, repeats=5):
@@ -119,7 +120,7 @@ def profile(features: int, cpu_devices: int, microbatches: int,
             steps: int = 3) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
-  import train as bench_train  # pylint: disable=g-import-not-at-top
+  from bench import train as bench_train  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   config.cpu_devices = cpu_devices

@@ -1,7 +1,7 @@
 """Wall time of the naive and cached samplers (batch 16), and how the cached
 one scales with image size.
 
-  python bench/sampling.py [--naive_steps=64] [--batch=16]
+  python -m bench.sampling [--naive_steps=64] [--batch=16]
 
 The naive sampler's loop steps all cost the same (each runs the full model on
 the whole canvas), so it is timed over --naive_steps steps and scaled to the
@@ -17,7 +17,9 @@ import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if not __package__:   # run as a file, its folder would shadow installed modules
+  sys.exit(f'Run it as a module from the repository root: python -m '
+           f'bench.{pathlib.Path(__file__).stem} ...')
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp

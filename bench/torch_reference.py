@@ -1,6 +1,6 @@
 """The unconditional Gated PixelCNN of `gated_pixelcnn.models` in PyTorch.
 
-A reference for `bench/train.py --compare-torch`: the same layers, widths,
+A reference for `python -m bench.train --compare-torch`: the same layers, widths,
 kernels, masks, padding and output head, written the way a careful PyTorch
 user would (masked weights, explicit asymmetric padding, channels-last
 memory layout), trained with ``torch.optim.RMSprop``. `from_flax` copies the

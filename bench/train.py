@@ -1,9 +1,9 @@
 """Throughput, FLOP/s, memory and compile time of the jitted train step.
 
-  python bench/train.py                    # the three models below, JAX only
-  python bench/train.py --compare-torch    # + the PyTorch reference, ratio
-  python bench/train.py --scaling          # default model at 16, 32, 64 px
-  python bench/train.py --models=default --steps=30 --dtype=bfloat16
+  python -m bench.train                    # the three models below, JAX only
+  python -m bench.train --compare-torch    # + the PyTorch reference, ratio
+  python -m bench.train --scaling          # default model at 16, 32, 64 px
+  python -m bench.train --models=default --steps=30 --dtype=bfloat16
 
 Models (configs/default.py's architecture unless said): ``default`` (8 layers,
 p = 48, 28x28x1), ``wide`` (the same at p = 128), ``rgb32`` (the same at
@@ -38,8 +38,9 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # torch: CPU
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'bench'))
+if not __package__:   # run as a file, its folder would shadow installed modules
+  sys.exit(f'Run it as a module from the repository root: python -m '
+           f'bench.{pathlib.Path(__file__).stem} ...')
 
 MODELS = {
     'default': dict(features=48, image_shape=(28, 28, 1)),
@@ -162,7 +163,7 @@ def measure_jax(args, features, image_shape) -> dict:
 def measure_torch(args, features, image_shape) -> dict:
   """The PyTorch reference, timed the same way (run in its own process)."""
   import torch  # pylint: disable=g-import-not-at-top
-  import torch_reference  # pylint: disable=g-import-not-at-top
+  from bench import torch_reference  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import cost  # pylint: disable=g-import-not-at-top
 
@@ -212,9 +213,8 @@ def check_same_loss() -> float:
   """|JAX loss - torch loss| for the same weights on a small RGB model."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
-  import numpy as np
   import torch
-  import torch_reference  # pylint: disable=g-import-not-at-top
+  from bench import torch_reference  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import likelihood, models  # pylint: disable=g-import-not-at-top
 
   config = model_config(12, 3)
@@ -247,8 +247,10 @@ def _child(args) -> None:
 
 
 def _run_child(argv, spec) -> dict:
-  command = [sys.executable, __file__, *argv, '--child', json.dumps(spec)]
-  out = subprocess.run(command, capture_output=True, text=True, check=False)
+  command = [sys.executable, '-m', 'bench.train', *argv, '--child',
+             json.dumps(spec)]
+  out = subprocess.run(command, capture_output=True, text=True, check=False,
+                       cwd=ROOT)
   for line in out.stdout.splitlines():
     if line.startswith('RESULT '):
       return json.loads(line[len('RESULT '):])

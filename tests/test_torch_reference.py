@@ -3,8 +3,6 @@
 Runs where PyTorch is installed (the `bench` extra); skipped otherwise.
 """
 
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +10,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch')
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'bench'))
 
-import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from gated_pixelcnn import likelihood  # pylint: disable=g-import-not-at-top,wrong-import-position
