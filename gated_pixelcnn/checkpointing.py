@@ -289,15 +289,15 @@ def _check_expected(manager, workdir: str, step: int,
   except Exception:  # pylint: disable=broad-except
     return   # unreadable: restore_latest reports it
   recorded = {k: meta[k] for k in expected if k in meta}
-  if not recorded:
+  ours, theirs = _flat(expected), _flat(recorded)
+  diff = [k for k in ours if k in theirs and theirs[k] != ours[k]]
+  diff += [k for k in theirs if k not in ours]   # e.g. a model field dropped
+  if not recorded:   # an older checkpoint: the run's config, where it agrees
     with contextlib.suppress(Exception):
       saved = json.loads((epath.Path(workdir_lib.resolve(workdir)) /
                           'config.json').read_text())
-      recorded = {k: saved[k] for k in expected if k in saved}
-  ours, theirs = _flat(expected), _flat(recorded)
-  diff = [k for k in ours if k in theirs and theirs[k] != ours[k]]
-  diff += [k for k in theirs if k not in ours and
-           k.split('.')[0] in recorded]
+      theirs = _flat({k: saved[k] for k in expected if k in saved})
+      diff = [k for k in ours if k in theirs and theirs[k] != ours[k]]
   if diff:
     shown = '; '.join(f'{k} = {theirs.get(k, "(unset)")!r} there, '
                       f'{ours.get(k, "(unset)")!r} here' for k in diff[:8])

@@ -353,6 +353,15 @@ def test_resuming_with_another_model_names_the_fields(fake_config, tmp_path):
     train.train_and_evaluate(fake_config, run)
   assert _listing(checkpointing.checkpoint_dir(run)) == ['2']
   assert not (tmp_path / 'run' / 'checkpoints_corrupt').exists()
+  # A checkpoint older than that record: the run's config.json says it.
+  meta = checkpointing.checkpoint_dir(run) / '2' / 'meta' / 'metadata'
+  record = json.loads(meta.read_text())
+  for key in ('model', 'optimizer', 'ema', 'grad_clip', 'state_checksum'):
+    del record[key]
+  meta.write_text(json.dumps(record))
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"model\.features = 8 there, 16 here"):
+    train.train_and_evaluate(fake_config, run)
   # The compute dtype does not shape the state: resuming in bf16 is fine.
   fake_config.model.features = 8
   fake_config.optimizer = 'rmsprop'
