@@ -1,6 +1,7 @@
 """Where the train step's time goes, and how fast the dominant kernel can be.
 
-  python -m bench.profile_step [--features=48] [--cpu-devices=0] [--microbatches=0]
+  python -m bench.profile_step [--features=48] [--cpu-devices=0] \
+      [--microbatches=0]
   python -m bench.profile_step --conv [--features=48]   # kernel ceiling
 
 Default mode: traces 3 train steps of the default model (batch 32, float32,

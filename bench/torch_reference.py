@@ -1,7 +1,7 @@
 """The unconditional Gated PixelCNN of `gated_pixelcnn.models` in PyTorch.
 
-A reference for `python -m bench.train --compare-torch`: the same layers, widths,
-kernels, masks, padding and output head, written the way a careful PyTorch
+A reference for `python -m bench.train --compare-torch`: the same layers,
+widths, kernels, masks, padding and output head, written the way a careful PyTorch
 user would (masked weights, explicit asymmetric padding, channels-last
 memory layout), trained with ``torch.optim.RMSprop``. `from_flax` copies the
 weights of a Flax model so that both compute the same loss for the same

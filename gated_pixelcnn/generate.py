@@ -126,7 +126,8 @@ def test_images(trainer, builder, n: int, per_class: bool = False
   else:
     examples = source.__getitems__(list(range(min(n, len(source)))))
   if not examples:
-    raise datasets.DatasetError(f'the {trainer.spec.eval_split} split is empty.')
+    raise datasets.DatasetError(
+        f'the {trainer.spec.eval_split} split is empty.')
   images = np.stack([ex['image'] for ex in examples])
   labels = (np.asarray([ex['label'] for ex in examples], np.int32)
             if has_labels else None)

@@ -151,9 +151,10 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
           config.sample.mse_workdir, 'MSE auto-encoder baseline',
           'configs/fashion_mnist_autoencoder.py:mse')
       if not isinstance(run.trainer.model, models.MSEAutoEncoder):
-        raise errors.ConfigError(f'sample.mse_workdir {config.sample.mse_workdir} '
-                         f'holds a {run.config.model.name!r} run, not an '
-                         'mse_autoencoder.')
+        raise errors.ConfigError(
+            f'sample.mse_workdir {config.sample.mse_workdir} '
+            f'holds a {run.config.model.name!r} run, not an '
+            'mse_autoencoder.')
       extra.append(mse_reconstruction(
           run.trainer.model, generate.host_params(run.params), images))
     else:
@@ -215,8 +216,9 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
                                     per_process=False)
   for k in (a, b):
     if not 0 <= k < len(source):
-      raise errors.ConfigError(f'sample.interpolate_pair = {(a, b)}: index {k} is not '
-                       f'in the test split (0..{len(source) - 1}).')
+      raise errors.ConfigError(
+          f'sample.interpolate_pair = {(a, b)}: index {k} is not '
+          f'in the test split (0..{len(source) - 1}).')
   image_a, image_b = (ex['image'] for ex in source.__getitems__([a, b]))
   step = int(state.step)
   grid = generate.interpolation_grid(
@@ -242,7 +244,8 @@ def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   if num_rows is None:
     num_rows = H // 2
   if not 0 <= num_rows <= H:
-    raise errors.ConfigError(f'sample.observed_rows = {num_rows} must be in 0..{H}.')
+    raise errors.ConfigError(
+        f'sample.observed_rows = {num_rows} must be in 0..{H}.')
   images, labels = generate.test_images(
       trainer, input_pipeline.get_builder(config), config.sample.num_samples)
   f = config.get('subsample', 1)

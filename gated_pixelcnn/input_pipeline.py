@@ -207,7 +207,8 @@ class TrainBatches:
     count = jax.process_count() if process_count is None else process_count
     index = jax.process_index() if process_index is None else process_index
     if batch_size % count:
-      raise errors.ConfigError(f'batch_size = {batch_size} is not divisible by the '
+      raise errors.ConfigError(
+          f'batch_size = {batch_size} is not divisible by the '
                        f'{count} processes.')
     if len(source) < batch_size:
       raise datasets.DatasetError(

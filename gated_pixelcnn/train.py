@@ -264,8 +264,8 @@ def configure_cpu_devices(config) -> None:
   devices. Left alone when XLA_FLAGS already forces a host device count.
   """
   if config.cpu_devices < 0:
-    raise errors.ConfigError(f'bad config: cpu_devices = {config.cpu_devices} must be '
-                     '>= 0 (0: one per core).')
+    raise errors.ConfigError(f'bad config: cpu_devices = {config.cpu_devices}'
+                             ' must be >= 0 (0: one per core).')
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return
   count = cpu_device_count(config, num_cores())

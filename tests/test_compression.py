@@ -599,7 +599,8 @@ def test_main_compress_and_decompress(run, tmp_path):
                 f'--config.compress.output={out}'],
                ['--mode=decompress', f'--config.compress.input={out}',
                 f'--config.compress.output={tmp_path / "five"}']):
-    proc = subprocess.run(runs.main_command(workdir, config, *args), cwd=runs.ROOT, env=env,
+    proc = subprocess.run(runs.main_command(workdir, config, *args),
+                          cwd=runs.ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs.append(proc.stderr)

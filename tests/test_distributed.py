@@ -57,7 +57,8 @@ def _free_port() -> int:
 
 def _command(workdir, config, *flags):
   """test_train's main.py command, with evaluation only at the end."""
-  return runs.main_command(workdir, config, '--config.eval_every_steps=100000', *flags)
+  return runs.main_command(workdir, config,
+                           '--config.eval_every_steps=100000', *flags)
 
 
 def _start_processes(workdir, config, log_dir, name, *flags):

@@ -11,7 +11,8 @@ import pytest
 from tests import runs
 
 DOCS = [runs.ROOT / 'README.md', *sorted((runs.ROOT / 'docs').rglob('*.md'))]
-COMMAND = re.compile(r'(python -m [\w.]+|python [\w/.-]+\.py|bash [\w/.-]+\.sh)')
+COMMAND = re.compile(
+    r'(python -m [\w.]+|python [\w/.-]+\.py|bash [\w/.-]+\.sh)')
 
 
 def documented() -> list[str]:

@@ -155,7 +155,8 @@ def test_two_training_commands_on_one_workdir(fake_config, tmp_path):
       first.kill()
   step = int(_listing(checkpointing.checkpoint_dir(run))[0])
   third = subprocess.run(
-      runs.main_command(run, fake_config, f'--config.num_train_steps={step + 1}'),
+      runs.main_command(run, fake_config,
+                        f'--config.num_train_steps={step + 1}'),
       cwd=runs.ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert third.returncode == 0, third.stderr[-3000:]
   assert f'Resumed from step {step}' in third.stderr
@@ -208,8 +209,8 @@ def test_heartbeat_lock_for_object_stores(tmp_path, caplog):
   second.acquire()
   second.release()
   assert caplog.text.count('taking the workdir over') == 2
-  assert isinstance(workdir._lock_for('gs://bucket/run'),  # pylint: disable=protected-access
-                    workdir.HeartbeatLock)
+  lock = workdir._lock_for('gs://bucket/run')  # pylint: disable=protected-access
+  assert isinstance(lock, workdir.HeartbeatLock)
 
 
 # ------------------------------------------------------------ saving

@@ -351,7 +351,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(fake_config, tmp_path):
   assert f'Stopped at step {steps[0]} on request' in err
   # Rerunning the same command resumes from there.
   out = subprocess.run(
-      runs.main_command(workdir, fake_config, f'--config.num_train_steps={steps[0] + 2}'),
+      runs.main_command(workdir, fake_config,
+                        f'--config.num_train_steps={steps[0] + 2}'),
       cwd=runs.ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f'Resumed from step {steps[0]}' in out.stderr
