@@ -12,6 +12,7 @@ failing on array shapes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from typing import Any
@@ -69,7 +70,20 @@ def _mix32(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
-@jax.jit
+def _bits(x: jax.Array) -> jax.Array:
+  """uint32 [N]: the bits of every element (complex: real and imaginary
+  parts; PRNG keys: their key data; sub-byte types widened first)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if jnp.iscomplexobj(x):
+    x = jnp.stack([x.real, x.imag])
+  if x.dtype == jnp.bool_ or x.dtype.itemsize < 1 or jnp.dtype(
+      x.dtype).name in ('int4', 'uint4', 'int2', 'uint2'):
+    x = x.astype(jnp.int32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16}.get(x.dtype.itemsize, jnp.uint32)
+  return lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+
+
 def _checksum_lanes(tree) -> jax.Array:
   """uint32[2]: sum over every element of mix(bits ^ mix(index, leaf, lane)).
 
@@ -81,15 +95,9 @@ def _checksum_lanes(tree) -> jax.Array:
   total = jnp.zeros((2,), jnp.uint32)
   for path, x in jax.tree_util.tree_leaves_with_path(tree):
     x = jnp.asarray(x)
-    if x.dtype == jnp.bool_:
-      bits = x.astype(jnp.uint32)
-    else:
-      unsigned = {1: jnp.uint8, 2: jnp.uint16}.get(x.dtype.itemsize,
-                                                    jnp.uint32)
-      bits = lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    bits = bits.reshape(-1)
     name = f'{jax.tree_util.keystr(path)}|{x.dtype}|{x.shape}'.encode()
     seed = zlib.crc32(name)
+    bits = _bits(x)
     index = jnp.arange(bits.size, dtype=jnp.uint32)
     lanes = [jnp.sum(_mix32(bits ^ _mix32(index * jnp.uint32(0x9E3779B1) +
                                           jnp.uint32((seed + k) % 2**32))),
@@ -102,10 +110,22 @@ def _checksum_lanes(tree) -> jax.Array:
 def state_checksum(state: Any) -> str:
   """16 hex digits naming the exact bits of every array of ``state`` (any
   sharding, any process count; computed on the devices)."""
-  lanes = _checksum_lanes(state)
-  if not lanes.is_fully_addressable:
-    lanes = lanes.addressable_data(0)
-  return ''.join(f'{int(v):08x}' for v in np.asarray(lanes))
+  leaves = jax.tree_util.tree_leaves(state)
+  meshes = [x.sharding.mesh for x in leaves
+            if isinstance(getattr(x, 'sharding', None),
+                          jax.sharding.NamedSharding)]
+  lanes = _checksum_fn(meshes[0] if meshes else None)(state)
+  return ''.join(f'{int(v):08x}' for v in np.asarray(
+      lanes.addressable_data(0)))
+
+
+@functools.lru_cache(maxsize=8)
+def _checksum_fn(mesh):
+  """The jitted checksum, its result replicated on ``mesh`` so that every
+  process can read it."""
+  out = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+         if mesh is not None else None)
+  return jax.jit(_checksum_lanes, out_shardings=out)
 
 
 # ------------------------------------------------------------------- save
@@ -115,8 +135,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
          meta: dict[str, Any]) -> None:
   """Saves ``state`` (a pytree of arrays) and JSON ``meta`` (plus the
   state's checksum) at ``step``; a failed save is a CheckpointError."""
-  meta = {**meta, 'state_checksum': state_checksum(state)}
   try:
+    meta = {**meta, 'state_checksum': state_checksum(state)}
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                  force=True)
@@ -157,16 +177,22 @@ def _save_error(manager, error: Exception) -> CheckpointError:
 def probe(workdir: str) -> None:
   """Saves and reads back a tiny checkpoint beside the real ones, so that a
   path Orbax or TensorStore cannot use (or a read-only or full disk) fails
-  now, with a clear error, and not at the first save."""
+  now, with a clear error, and not at the first save. Synchronous, like
+  the saves of training."""
   path = epath.Path(workdir_lib.resolve(workdir)) / '.gated_pixelcnn.probe'
   tree = {'x': np.arange(8, dtype=np.int32)}
+
+  def barrier(name):
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(name)
+
   try:
     if jax.process_index() == 0 and path.exists():
-      path.rmtree()
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(path, tree)
-      checkpointer.wait_until_finished()
-      back = checkpointer.restore(path, tree)
+      path.rmtree()   # left by a run that died while probing
+    barrier('checkpoint probe cleared')
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+      checkpointer.save(path, args=ocp.args.StandardSave(tree))
+      back = checkpointer.restore(path, args=ocp.args.StandardRestore(tree))
     if not np.array_equal(np.asarray(back['x']), tree['x']):
       raise ValueError('read back other values than it wrote')
   except Exception as e:  # pylint: disable=broad-except
@@ -177,8 +203,7 @@ def probe(workdir: str) -> None:
         f'({type(e).__name__}: {str(e)[:300]}).{hint} Use another --workdir.'
     ) from e
   finally:
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('checkpoint probe done')
+    barrier('checkpoint probe done')
     if jax.process_index() == 0:
       with contextlib.suppress(Exception):
         path.rmtree()
@@ -309,9 +334,11 @@ def _check_expected(manager, workdir: str, step: int,
 
 
 def restore_step(manager: ocp.CheckpointManager, workdir: str,
-                 abstract_state: Any, step: int) -> Any:
+                 abstract_state: Any, step: int,
+                 expected_meta: dict[str, Any] | None = None) -> Any:
   """The state saved at ``step``, never moving files; CheckpointError if
-  that step is not there or cannot be read."""
+  that step is not there, was made with another ``expected_meta``, or
+  cannot be read."""
   manager.reload()
   steps = sorted(manager.all_steps())
   if step not in steps:
@@ -319,6 +346,8 @@ def restore_step(manager: ocp.CheckpointManager, workdir: str,
         f'no checkpoint of step {step} in {checkpoint_dir(workdir)} (it has '
         f'{steps or "none"}): the checkpoint was deleted (only the newest '
         f'max_to_keep are kept) or this is another run.')
+  if expected_meta:
+    _check_expected(manager, workdir, step, expected_meta)
   try:
     return _restore(manager, step, abstract_state)['state']
   except Exception as e:  # Orbax raises many types for unreadable files.

@@ -44,6 +44,11 @@ MAX_NAME_BYTES = 240
 # Images coded together: bounds what a file can make the decoder allocate
 # (every chunk has at least one payload word, so N <= MAX_BATCH * words).
 MAX_BATCH = 4096
+# Names are optional; a file names at most this many images with at most
+# this many bytes of names in all, so that reading them allocates a bounded
+# amount (~200 MB at worst) whatever a file claims.
+MAX_NAMED_IMAGES = 2**20
+MAX_NAMES_BYTES = 2**26
 _FIXED = struct.Struct('<B16sIBBHHBII')   # version .. batch
 _CHUNK = struct.Struct('<I8s')            # payload words, pixel digest
 _U32 = struct.Struct('<I')
@@ -111,6 +116,12 @@ def check_names(names, n: int) -> list[str] | None:
   seen = set()
   for x in names:
     _check_name(x, seen)
+  if n > MAX_NAMED_IMAGES or sum(len(x.encode()) + 1 for x in names) > (
+      MAX_NAMES_BYTES):
+    raise CompressionError(
+        f'a file names at most {MAX_NAMED_IMAGES:,} images with '
+        f'{MAX_NAMES_BYTES // 2**20} MiB of names; compress the images in '
+        'parts, or with compress.per_image.')
   return names
 
 
@@ -137,8 +148,11 @@ _INFLATE_PIECE = 1 << 16
 def _inflate_names(blob: bytes, n: int) -> list[str]:
   """The n names of a zlib block, inflated piece by piece and checked as
   they come (length, characters, uniqueness, count): a crafted block stops
-  at the first bad piece, so it cannot make this allocate more than the n
-  valid names it may hold (at most n x MAX_NAME_BYTES)."""
+  at the first bad piece, so it cannot make this allocate more than the
+  valid names a file may hold (MAX_NAMED_IMAGES, MAX_NAMES_BYTES)."""
+  if n > MAX_NAMED_IMAGES:
+    raise ValueError(f'{n} named images, more than the {MAX_NAMED_IMAGES} a '
+                     'file may name')
   inflate = zlib.decompressobj()
   names, seen, pending, size = [], set(), b'', 0
   data = blob
@@ -146,7 +160,7 @@ def _inflate_names(blob: bytes, n: int) -> list[str]:
     piece = inflate.decompress(data, _INFLATE_PIECE)
     data = inflate.unconsumed_tail
     size += len(piece)
-    if size > n * (MAX_NAME_BYTES + 1):
+    if size > min(n * (MAX_NAME_BYTES + 1), MAX_NAMES_BYTES):
       raise ValueError(f'names block longer than {n} names can be')
     *lines, pending = (pending + piece).split(b'\n')
     for line in lines:

@@ -39,13 +39,15 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
         f'no checkpoints in {checkpointing.checkpoint_dir(workdir)}: point '
         '--workdir at a trained run.')
   manager = checkpointing.create_manager(workdir, config.max_to_keep)
+  layout = train.state_config(config)
   try:
     if step is not None:
-      return trainer, checkpointing.restore_step(manager, workdir,
-                                                 trainer.abstract_state, step)
+      return trainer, checkpointing.restore_step(
+          manager, workdir, trainer.abstract_state, step, expected_meta=layout)
     restored = checkpointing.restore_latest(manager, workdir,
                                             trainer.abstract_state,
-                                            read_only=read_only)
+                                            read_only=read_only,
+                                            expected_meta=layout)
   finally:
     manager.close()
   if restored is None:
@@ -56,15 +58,17 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _writes_workdir(mode: Callable) -> Callable:
-  """A --mode job that writes into a trained run's workdir (results,
-  figures, TensorBoard): it holds the workdir's lock while it runs, so it
-  cannot mix with a training run or another job there."""
+  """A --mode job on a trained run's workdir. It holds the workdir's lock
+  while it runs; if a training run holds it, the job still runs, reading
+  the checkpoints without moving any (``alone=False``), and writes only
+  files named by step (samples, TensorBoard events), not the run's
+  eval_results.json."""
 
   @functools.wraps(mode)
-  def job(config: ml_collections.ConfigDict, workdir: str):
-    with workdir_lib.writer(workdir, create=False) as workdir:
-      return mode(config, workdir)
-  return job
+  def run(config: ml_collections.ConfigDict, workdir: str):
+    with workdir_lib.job(workdir) as (workdir, alone):
+      return mode(config, workdir, alone=alone)
+  return run
 
 
 def _writer(workdir):
@@ -74,28 +78,34 @@ def _writer(workdir):
 
 @_writes_workdir
 def evaluate_checkpoint(config: ml_collections.ConfigDict,
-                        workdir: str) -> dict[str, float]:
+                        workdir: str, alone: bool = True) -> dict[str, float]:
   """--mode=eval: exact test bits/dim of the newest checkpoint in workdir."""
-  trainer, state = restore(config, workdir)
+  trainer, state = restore(config, workdir, read_only=not alone)
   builder = input_pipeline.get_builder(config)
   metrics = trainer.evaluate_split(trainer.eval_params(state), builder)
   step = int(state.step)
   writer = _writer(workdir)
   writer.write_scalars(step, train.eval_scalars(metrics))
   writer.flush()
-  train.write_eval_results(workdir, step, metrics, config)
+  if alone:
+    train.write_eval_results(workdir, step, metrics, config)
+  else:
+    logging.info('Test %s at step %d: %s (not written to eval_results.json, '
+                 'which belongs to the training run).', trainer.metric, step,
+                 metrics)
   return metrics
 
 
 @_writes_workdir
-def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
+def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                      alone: bool = True) -> str:
   """--mode=sample: a grid of samples to WORKDIR/samples/ and TensorBoard.
 
   Unconditional models: a square grid; class-conditional: one row per class;
   multi-scale: low-resolution samples, then full-size samples given each;
   auto-encoder and embedding models: test images | samples given their h.
   """
-  trainer, state = restore(config, workdir)
+  trainer, state = restore(config, workdir, read_only=not alone)
   if not generate.can_sample(trainer):
     raise errors.ConfigError(
         f'model.name = {config.model.name!r} is not a generative model; '
@@ -121,14 +131,14 @@ def _rng(config, step):
 
 @_writes_workdir
 def reconstruct_checkpoint(config: ml_collections.ConfigDict,
-                           workdir: str) -> str:
+                           workdir: str, alone: bool = True) -> str:
   """--mode=reconstruct: the paper's auto-encoder figure.
 
   Rows of: a test image | its MSE auto-encoder reconstruction (the run in
   sample.mse_workdir, if set) | PixelCNN-decoder samples given its h. On an
   MSE auto-encoder's own workdir: image | reconstruction.
   """
-  trainer, state = restore(config, workdir)
+  trainer, state = restore(config, workdir, read_only=not alone)
   model = trainer.model
   if not isinstance(model, (models.PixelCNNAutoEncoder,
                             models.MSEAutoEncoder)):
@@ -187,13 +197,13 @@ def _check_vector_conditioned(trainer, mode: str) -> None:
 
 @_writes_workdir
 def embed_sample_checkpoint(config: ml_collections.ConfigDict,
-                            workdir: str) -> str:
+                            workdir: str, alone: bool = True) -> str:
   """--mode=embed_sample: new images from the h of unseen test images.
 
   Rows of: a test image (one per class in turn) | sample.num_completions
   samples given its embedding.
   """
-  trainer, state = restore(config, workdir)
+  trainer, state = restore(config, workdir, read_only=not alone)
   _check_vector_conditioned(trainer, 'embed_sample')
   step = int(state.step)
   grid = generate.samples_grid(
@@ -205,10 +215,10 @@ def embed_sample_checkpoint(config: ml_collections.ConfigDict,
 
 @_writes_workdir
 def interpolate_checkpoint(config: ml_collections.ConfigDict,
-                           workdir: str) -> str:
+                           workdir: str, alone: bool = True) -> str:
   """--mode=interpolate: samples along the line between the h of two test
   images (sample.interpolate_pair, indices into the test split)."""
-  trainer, state = restore(config, workdir)
+  trainer, state = restore(config, workdir, read_only=not alone)
   _check_vector_conditioned(trainer, 'interpolate')
   a, b = config.sample.interpolate_pair
   builder = input_pipeline.get_builder(config)
@@ -230,9 +240,10 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
 
 
 @_writes_workdir
-def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
+def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        alone: bool = True) -> str:
   """--mode=complete: test images with their lower part sampled again."""
-  trainer, state = restore(config, workdir)
+  trainer, state = restore(config, workdir, read_only=not alone)
   if generate.is_conditioned_on_images(trainer.model) or not (
       generate.can_sample(trainer)):
     raise errors.ConfigError(

@@ -101,7 +101,8 @@ def _quiet_async_noise() -> None:
   """After a failed restore, TensorStore's callbacks meet Orbax's closed
   event loops: hundreds of "Event loop is closed" and "exception was never
   retrieved" tracebacks that say nothing the one-line error does not."""
-  std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+  std_logging.getLogger('asyncio').addFilter(
+      lambda record: 'exception was never retrieved' not in str(record.msg))
   default = sys.unraisablehook
 
   def hook(unraisable):
@@ -113,8 +114,10 @@ def _quiet_async_noise() -> None:
 
 def _config_error(e: Exception) -> errors.ConfigError:
   """What went wrong loading --config and applying its overrides."""
-  if isinstance(e, AttributeError):   # an override of a key it lacks
-    key = str(e).strip('"\'')
+  key = str(e).strip('"\'')
+  overrides = [a for a in sys.argv if a.startswith('--config.')]
+  if isinstance(e, AttributeError) and any(
+      f'.{key}=' in a or a.endswith(f'.{key}') for a in overrides):
     return errors.ConfigError(
         f'bad config: an override names {key!r}, a key the config does not '
         'have; the config file lists its keys (e.g. '
@@ -129,7 +132,8 @@ def _config_error(e: Exception) -> errors.ConfigError:
 
 def _run(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}', exitcode=2)
+    raise errors.ConfigError(f'unexpected arguments {argv[1:]}: flags are '
+                             'written --name=value (see --help).')
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if not _tracebacks():
     _quiet_async_noise()
@@ -148,8 +152,8 @@ def _run(argv) -> None:
                            FLAGS.process_id)
   elif FLAGS.coordinator_address or FLAGS.num_processes is not None or (
       FLAGS.process_id is not None):
-    raise app.UsageError('--coordinator_address, --num_processes and '
-                         '--process_id need --distributed.', exitcode=2)
+    raise errors.ConfigError('--coordinator_address, --num_processes and '
+                             '--process_id need --distributed.')
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   MODES[FLAGS.mode](config, workdir_lib.resolve(FLAGS.workdir))

@@ -607,6 +607,7 @@ def _train(config, workdir: str, trainer: Trainer, builder, manager,
         if is_sync or is_ckpt:
           window += _fetch_and_check(pending, step, manager, trainer.metric)
           pending = []
+          workdir_lib.check_still_held()
         if window and (is_log or stop):
           writer.write_scalars(step, {
               f'train/{k}': float(np.mean([m[k] for m in window]))

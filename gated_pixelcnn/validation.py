@@ -11,6 +11,7 @@ import jax
 import ml_collections
 
 from gated_pixelcnn import conditioning
+from gated_pixelcnn import container
 from gated_pixelcnn import errors
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import models
@@ -25,11 +26,13 @@ class Range:
   low_open: bool = False     # ``low`` itself is excluded
   high_open: bool = False
   optional: bool = False     # None (a placeholder's default) is allowed
+  integer: bool = True       # counts, sizes, seeds; False: any real number
 
   def contains(self, value) -> bool:
     if value is None:
       return self.optional
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(
+        value, int if self.integer else (int, float)):
       return False
     if not math.isfinite(value):
       return False
@@ -47,12 +50,14 @@ class Range:
       text = f'{">" if self.low_open else ">="} {self.low}'
     else:
       text = f'{"<" if self.high_open else "<="} {self.high}'
-    return text + (' (or None)' if self.optional else '')
+    return (f'{"an integer" if self.integer else "a finite number"} {text}'
+            + (' (or None)' if self.optional else ''))
 
 
 _POSITIVE = Range(1)
 _NATURAL = Range(0)
-_UNIT = Range(0, 1, high_open=True)
+_NONNEGATIVE = Range(0, integer=False)
+_UNIT = Range(0, 1, high_open=True, integer=False)
 _SEED = Range(0, 2**32 - 1)     # jax.random.PRNGKey wraps larger seeds
 
 # Every numeric key of every config and every numeric field of the models
@@ -60,11 +65,11 @@ _SEED = Range(0, 2**32 - 1)     # jax.random.PRNGKey wraps larger seeds
 RANGES: dict[str, Range] = {
     'batch_size': _POSITIVE, 'eval_batch_size': _POSITIVE,
     'num_train_steps': _NATURAL,
-    'learning_rate': Range(0, low_open=True),
+    'learning_rate': Range(0, low_open=True, integer=False),
     'warmup_steps': _NATURAL,
     'rmsprop_decay': _UNIT,
-    'rmsprop_eps': Range(0, low_open=True),
-    'grad_clip_norm': _NATURAL,        # 0: off
+    'rmsprop_eps': Range(0, low_open=True, integer=False),
+    'grad_clip_norm': _NONNEGATIVE,    # 0: off
     'ema_decay': _UNIT,                # 0: off
     'log_every_steps': _POSITIVE, 'eval_every_steps': _POSITIVE,
     'checkpoint_every_steps': _POSITIVE, 'max_to_keep': _POSITIVE,
@@ -81,14 +86,14 @@ RANGES: dict[str, Range] = {
     'model.encoder_features': _POSITIVE, 'model.embedding_dim': _POSITIVE,
     'model.spatial_features': _POSITIVE, 'model.spatial_hidden': _POSITIVE,
     'sample.num_samples': _POSITIVE,
-    'sample.temperature': _NATURAL,    # 0: the most likely value
+    'sample.temperature': _NONNEGATIVE,    # 0: the most likely value
     'sample.seed': _SEED,
     'sample.observed_rows': Range(0, optional=True),
     'sample.num_completions': _POSITIVE,
     'sample.interpolate_pair': _NATURAL,   # each of the two indices
     'sample.num_interpolations': Range(2),
     'compress.num_images': _NATURAL,   # 0: all
-    'compress.batch_size': Range(1, 4096),
+    'compress.batch_size': Range(1, container.MAX_BATCH),
     'compress.step': Range(0, optional=True),
 }
 
@@ -117,17 +122,17 @@ def numeric_leaves(config: ml_collections.ConfigDict
 
 def check_ranges(config: ml_collections.ConfigDict) -> None:
   """A ConfigError naming the first numeric value out of its range."""
-  for key, value in numeric_leaves(config).items():
-    rule = RANGES.get(key)
-    if rule is None:
+  for key, rule in RANGES.items():
+    node, _, leaf = key.rpartition('.')
+    parent = config.get(node) if node else config
+    if parent is None or leaf not in parent:
       continue
+    value = parent[leaf]
     values = value if isinstance(value, (tuple, list)) else (value,)
     if not values or not all(rule.contains(v) for v in values):
-      number = 'an integer' if all(isinstance(v, int) for v in values) else (
-          'a finite number')
       what = 'each value' if isinstance(value, (tuple, list)) else 'it'
       raise errors.ConfigError(f'bad config: {key} = {value!r}; {what} must '
-                               f'be {number} {rule.describe()}.')
+                               f'be {rule.describe()}.')
 
 
 def validate_config(config: ml_collections.ConfigDict,

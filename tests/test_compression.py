@@ -294,6 +294,13 @@ def test_a_names_zip_bomb_is_refused_without_inflating_it():
     assert peak < 16 * mb, (what, peak)
   with pytest.raises(compression.CompressionError, match='more names than'):
     container.read_header(_with_names_block(3, _deflate([b'a\nb\nc\nd'])))
+  # Valid names cost a Python object each: a file names at most 2^20 images,
+  # and the writer refuses to write more.
+  with pytest.raises(compression.CompressionError,
+                     match='more than the 1048576 a file may name'):
+    container.read_header(_with_names_block(2**20 + 1, _deflate([b'a'])))
+  with pytest.raises(compression.CompressionError, match='names at most'):
+    container.check_names([f'{k}' for k in range(2**20 + 1)], 2**20 + 1)
   # The same machinery reads a genuine block of a million names.
   names = [f'img{k}' for k in range(n)]
   header = container.read_header(

@@ -4,6 +4,7 @@ against their checksum on restore, a user's folder never written into, and
 one clear line (not a traceback) for every mistake."""
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -64,6 +65,12 @@ def test_a_users_folder_is_never_written_into(fake_config, tmp_path):
     train.train_and_evaluate(fake_config, str(mine))
   assert _listing(mine) == ['config.json']
   assert (mine / 'config.json').read_text() == '{"my": "own file"}'
+  (mine / 'checkpoints').mkdir()   # e.g. another framework's project folder
+  (mine / 'checkpoints' / 'model.pt').write_text('weights')
+  with pytest.raises(workdir.WorkdirError,
+                     match='not a gated_pixelcnn workdir'):
+    train.train_and_evaluate(fake_config, str(mine))
+  assert _listing(mine) == ['checkpoints', 'config.json']
   # An empty folder becomes a workdir; so does one of a run older than the
   # marker (recognised by its checkpoints/).
   (tmp_path / 'empty').mkdir()
@@ -89,13 +96,24 @@ def test_relative_workdirs_work(fake_config, tmp_path, monkeypatch):
 
 
 def test_a_path_checkpoints_cannot_use_is_refused_before_training(
-    fake_config, tmp_path):
-  """TensorStore saves into a path with [ and ] but cannot read it back:
-  found by the probe before training, not at the first restore."""
+    fake_config, tmp_path, monkeypatch):
+  """A checkpoint that saves but does not read back (as TensorStore does
+  with paths holding [ and ]) is found by the probe before training, not
+  at the first restore."""
+  def cannot_read_back(self, *args, **kwargs):
+    raise ValueError('NOT_FOUND: Error opening "zarr" driver')
+  monkeypatch.setattr(ocp.Checkpointer, 'restore', cannot_read_back)
   with pytest.raises(workdir.WorkdirError,
-                     match=r'cannot be written to and read back.*"\["'):
-    train.train_and_evaluate(fake_config, str(tmp_path / 'run[1]'))
-  assert not (tmp_path / 'run[1]' / 'checkpoints').exists()
+                     match=r'cannot be written to and read back.*NOT_FOUND'):
+    train.train_and_evaluate(fake_config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+  assert _listing(tmp_path / 'run') == [workdir.MARKER, workdir.LOCK]
+
+
+def test_a_folder_that_cannot_be_created_is_one_clear_error(fake_config):
+  with pytest.raises(workdir.WorkdirError, match='cannot be created or '
+                     'written'):
+    train.train_and_evaluate(fake_config, '/proc/gated_pixelcnn_run')
 
 
 # ------------------------------------------------------------ one writer
@@ -105,21 +123,39 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_workdir(
     fake_config, tmp_path):
   run = str(tmp_path / 'run')
   fake_config.num_train_steps = 2
-  with workdir.writer(run):   # as another process's run would
+  with workdir.writer(run):   # as another process's training run would
     with pytest.raises(workdir.WorkdirError,
                        match=rf'in use by another gated_pixelcnn process '
                        rf'\(pid {os.getpid()} on {socket.gethostname()}'):
       train.train_and_evaluate(fake_config, run)
     assert not (tmp_path / 'run' / 'checkpoints').exists()
   train.train_and_evaluate(fake_config, run)   # released: it runs
+
+
+def test_jobs_run_alongside_training_without_touching_its_files(
+    fake_config, tmp_path, caplog):
+  """Evaluating or sampling while a run trains: the checkpoints are read,
+  never moved, and the run's eval_results.json is left to it."""
+  caplog.set_level(logging.INFO)
+  run = str(tmp_path / 'run')
+  fake_config.num_train_steps = 4
+  train.train_and_evaluate(fake_config, run)          # checkpoints 2 and 4
   results = (tmp_path / 'run' / 'eval_results.json').read_text()
-  with workdir.writer(run):   # jobs that write results take it too
-    with pytest.raises(workdir.WorkdirError, match='in use'):
-      inference.evaluate_checkpoint(fake_config, run)
-    with pytest.raises(workdir.WorkdirError, match='in use'):
-      inference.sample_checkpoint(fake_config, run)
+  runs.corrupt(checkpointing.checkpoint_dir(run) / '4')
+  with workdir.writer(run):   # a training run holds the workdir
+    metrics = inference.evaluate_checkpoint(fake_config, run)
+    grid = inference.sample_checkpoint(fake_config, run)
+  assert metrics['num_examples'] == 37
+  assert grid.endswith('_00000002.png')               # step 2: 4 unreadable
+  assert 'in use by another gated_pixelcnn process' in caplog.text
   assert (tmp_path / 'run' / 'eval_results.json').read_text() == results
-  assert not (tmp_path / 'run' / 'samples').exists()
+  assert _listing(checkpointing.checkpoint_dir(run)) == ['2', '4']
+  assert not (tmp_path / 'run' / 'checkpoints_corrupt').exists()
+  # Alone, the job moves the unreadable checkpoint aside and writes results.
+  inference.evaluate_checkpoint(fake_config, run)
+  assert _listing(checkpointing.checkpoint_dir(run)) == ['2']
+  assert json.loads((tmp_path / 'run' / 'eval_results.json').read_text())[
+      'step'] == 2
 
 
 def test_two_training_commands_on_one_workdir(fake_config, tmp_path):
@@ -180,35 +216,73 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path, caplog):
   assert (tmp_path / 'run' / workdir.LOCK).read_text() == ''  # released
 
 
-def test_heartbeat_lock_for_object_stores(tmp_path, caplog):
-  """The lock of gs:// workdirs (no flock there), run on a local file."""
+class _Clock:
+  """A clock the test moves: lock staleness without sleeping."""
+
+  def __init__(self):
+    self.now = 1e9
+
+  def __call__(self):
+    return self.now
+
+
+def test_heartbeat_lock_for_object_stores(tmp_path, caplog, monkeypatch):
+  """The lock of gs:// workdirs (no flock there), run on a local file with
+  a clock the test moves; the beats are called directly."""
   path = epath.Path(tmp_path / 'lock')
-  timing = dict(beat_s=0.05, stale_s=0.5, settle_s=0.01)
+  clock = _Clock()
+  timing = dict(beat_s=3600, stale_s=600, settle_s=0, clock=clock)
   first = workdir.HeartbeatLock(path, **timing)
   first.acquire()
   second = workdir.HeartbeatLock(path, **timing)
   with pytest.raises(workdir.WorkdirError, match='in use'):
     second.acquire()
-  time.sleep(1.0)   # twice the staleness: the first is still beating
+  clock.now += 500
+  first.beat_once()                 # a live holder refreshes its heartbeat
+  clock.now += 500                  # ... so 1,000 s on, it is not stale
   with pytest.raises(workdir.WorkdirError, match='in use'):
     second.acquire()
+  # A store error while refreshing is retried, not taken for a takeover.
+  read = first._read   # pylint: disable=protected-access
+  monkeypatch.setattr(first, '_read', lambda: (_ for _ in ()).throw(
+      OSError('503 Service Unavailable')))
+  first.beat_once()
+  assert not first.lost and 'trying again' in caplog.text
+  monkeypatch.setattr(first, '_read', read)
   first.release()
   assert not path.exists()
   second.acquire()
   second.release()
   # A holder elsewhere that stopped beating is taken over once stale ...
-  path.write_text(json.dumps({'pid': 1, 'host': 'elsewhere', 'token': 'x',
-                              'heartbeat': time.time() - 10}))
+  record = {'pid': 1, 'host': 'elsewhere', 'token': 'x', 'heartbeat': clock.now}
+  path.write_text(json.dumps(record))
+  with pytest.raises(workdir.WorkdirError, match='in use'):
+    second.acquire()
+  clock.now += 601
   second.acquire()
+  # ... and the holder that lost it notices at its next beat.
+  path.write_text(json.dumps(record))
+  second.beat_once()
+  assert second.lost
+  with pytest.raises(workdir.WorkdirError):   # the loop's check
+    workdir._HELD.append(second)  # pylint: disable=protected-access
+    try:
+      workdir.check_still_held()
+    finally:
+      workdir._HELD.remove(second)  # pylint: disable=protected-access
   second.release()
-  # ... and one on this host whose process is gone, at once.
+  # A holder on this machine whose process is gone, or that had this very
+  # pid (a restarted container), is taken over at once; so is a record
+  # without a readable heartbeat.
   gone = subprocess.Popen(['true'])
   gone.wait()
-  path.write_text(json.dumps({'pid': gone.pid, 'host': socket.gethostname(),
-                              'token': 'y', 'heartbeat': time.time()}))
-  second.acquire()
-  second.release()
-  assert caplog.text.count('taking the workdir over') == 2
+  for pid, beat in ((gone.pid, clock.now), (os.getpid(), clock.now),
+                    (12345, None)):
+    path.write_text(json.dumps({'pid': pid, 'host': socket.gethostname(),
+                                'token': 'y', 'heartbeat': beat}))
+    second.acquire()
+    second.release()
+  assert caplog.text.count('taking the workdir over') == 4
   lock = workdir._lock_for('gs://bucket/run')  # pylint: disable=protected-access
   assert isinstance(lock, workdir.HeartbeatLock)
 
@@ -454,6 +528,9 @@ def test_mistakes_are_one_line_with_the_right_exit_status(fake_config,
        'model.features = 8 there, 16 here'),
       (['--workdir=' + str(tmp_path / 'nothing'), '--mode=eval'], 1,
        'holds no trained run'),
+      (['--workdir=/proc/gated_pixelcnn_run'], 1, 'cannot be created or '
+       'written'),
+      (['unexpected'], 2, 'unexpected arguments'),
   ]
   for flags, status, message in cases:
     out = subprocess.run(

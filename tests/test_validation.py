@@ -119,8 +119,24 @@ def test_model_dtype_is_checked(fake_config):
 
 
 def test_range_descriptions():
-  assert validation.Range(0, 1, high_open=True).describe() == 'in [0, 1)'
-  assert validation.Range(0, low_open=True).describe() == '> 0'
-  assert validation.Range(0, optional=True).describe() == '>= 0 (or None)'
+  assert validation.Range(0, 1, high_open=True, integer=False).describe() == (
+      'a finite number in [0, 1)')
+  assert validation.Range(0, low_open=True).describe() == 'an integer > 0'
+  assert validation.Range(0, optional=True).describe() == (
+      'an integer >= 0 (or None)')
   assert not validation.Range(0).contains(True)   # booleans are not numbers
   assert validation.Range(0, optional=True).contains(None)
+
+
+@pytest.mark.parametrize('key,value', [
+    ('num_train_steps', 1.5), ('model.num_layers', 2.5), ('max_to_keep', 1.5),
+    ('seed', True), ('log_every_steps', 0.5)])
+def test_counts_must_be_integers(fake_config, key, value):
+  """A config file can hold a float where an integer belongs (overrides
+  cannot: ml_collections keeps the type)."""
+  node, _, leaf = key.rpartition('.')
+  target = fake_config[node] if node else fake_config
+  target.__dict__['_fields'][leaf] = value   # as a config file could
+  with pytest.raises(errors.ConfigError,
+                     match=f'{key} = {value!r}; it must be an integer'):
+    validation.check_ranges(fake_config)
