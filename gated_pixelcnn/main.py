@@ -176,7 +176,7 @@ def _parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    message = f'{e}\nPass --helpfull to see the flags.'
+    message = f'{e} (--helpfull lists the flags)'
   except Exception as e:  # pylint: disable=broad-except
     if _tracebacks():
       raise
