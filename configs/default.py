@@ -63,16 +63,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 32
   config.eval_batch_size = 256
   config.num_train_steps = 3_200
-  # 'rmsprop' (the paper's) or 'adam'.
+  # 'rmsprop' (the paper's), 'adam' or 'adamw'.
   config.optimizer = 'rmsprop'
   config.learning_rate = 1e-3
-  # 'constant' or 'cosine' (decay to 0 at num_train_steps), after a linear
-  # warm-up of warmup_steps.
+  # 'constant', 'cosine' (decay to 0 at num_train_steps) or 'wsd' (constant,
+  # then linear decay to 0 over the last decay_fraction of the steps), after
+  # a linear warm-up of warmup_steps.
   config.lr_schedule = 'cosine'
+  config.decay_fraction = 0.2
   # RMSProp's second-moment estimate starts at zero: warm up the step size.
   config.warmup_steps = 100
   config.rmsprop_decay = 0.95
   config.rmsprop_eps = 1e-6
+  # optimizer = 'adamw': decoupled weight decay.
+  config.weight_decay = 0.0
   # Clip gradients to this global norm (0: off).
   config.grad_clip_norm = 0.0
   # Evaluate with an exponential moving average of the parameters (0: off).

@@ -57,8 +57,23 @@ class TrainState:
   step: jax.Array          # int32 scalar: updates applied so far
   params: Any
   opt_state: Any
-  ema_params: Any          # exponential moving average of params, or None
+  ema_params: Any          # zero-started moving average of params, or None
   rng: jax.Array           # uint32[2] key for stochastic work (samples)
+
+
+def eval_params(state: TrainState, ema_decay: float):
+  """The parameters to evaluate and sample with: the moving average if one
+  is kept, bias-corrected (m_t / (1 - d^t), Adam's correction), which is
+  exactly the average of params_1..params_t weighted by d^(t-i): right from
+  the first step, where an average started at the initial parameters would
+  still be mostly them (0.999^600 = 55% after 600 steps)."""
+  if state.ema_params is None:
+    return state.params
+  step = state.step.astype(jnp.float32)
+  weight = 1.0 - jnp.power(jnp.float32(ema_decay), step)
+  return jax.tree_util.tree_map(
+      lambda m, p: jnp.where(step > 0, m / jnp.maximum(weight, 1e-30), p),
+      state.ema_params, state.params)
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -183,7 +198,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
-  if ema is not None:
+  if ema is not None:   # m_t = d m_{t-1} + (1 - d) params_t, m_0 = 0
     ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
   metrics = {metric_name(model): loss, 'grad_norm': optax.tree.norm(grads),
              'learning_rate': schedule(state.step)}
@@ -356,7 +371,8 @@ class Trainer:
       batch['cond'] = self.conditioner.example
     params = self.model.init(init_rng, batch['image'],
                              **_model_kwargs(self.model, batch))['params']
-    ema = params if self.config.ema_decay else None
+    ema = (jax.tree_util.tree_map(jnp.zeros_like, params)
+           if self.config.ema_decay else None)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), ema_params=ema,
                       rng=state_rng)
@@ -378,7 +394,7 @@ class Trainer:
     return self.conditioner.add(batch)
 
   def eval_params(self, state: TrainState):
-    return state.ema_params if state.ema_params is not None else state.params
+    return eval_params(state, self.config.ema_decay)
 
   def evaluate_split(self, params, builder) -> dict[str, float]:
     """Exact bits/dim of the dataset's whole eval split."""

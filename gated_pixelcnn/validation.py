@@ -70,6 +70,8 @@ RANGES: dict[str, Range] = {
     'rmsprop_decay': _UNIT,
     'rmsprop_eps': Range(0, low_open=True, integer=False),
     'grad_clip_norm': _NONNEGATIVE,    # 0: off
+    'weight_decay': _NONNEGATIVE,
+    'decay_fraction': Range(0, 1, low_open=True, integer=False),
     'ema_decay': _UNIT,                # 0: off
     'log_every_steps': _POSITIVE, 'eval_every_steps': _POSITIVE,
     'checkpoint_every_steps': _POSITIVE, 'max_to_keep': _POSITIVE,

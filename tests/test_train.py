@@ -54,6 +54,49 @@ def _fixed_batch(trainer, seed=0, batch_size=8):
   return trainer.global_batch({'image': images.astype(np.uint8)})
 
 
+def test_ema_is_the_weighted_average_from_the_first_step(fake_config):
+  """The evaluated average is sum_i d^(t-i) params_i / sum_i d^(t-i) over
+  the steps taken, with no weight left on the initialisation: after one
+  step it is that step's params."""
+  d = 0.9
+  fake_config.ema_decay = d
+  fake_config.optimizer = 'adam'
+  trainer = train.Trainer(fake_config)
+  state = trainer.init(jax.random.PRNGKey(0))
+  assert all(np.array_equal(a, b) for a, b in zip(
+      runs.leaves(trainer.eval_params(state)), runs.leaves(state.params)))
+  batch = _fixed_batch(trainer)
+  history = []
+  for t in range(1, 6):
+    state, _ = trainer.train_step(state, batch)
+    history.append(runs.leaves(state.params))
+    weights = [d ** (t - i) for i in range(1, t + 1)]
+    for k, got in enumerate(runs.leaves(trainer.eval_params(state))):
+      expected = sum(w * h[k] for w, h in zip(weights, history)) / sum(
+          weights)
+      np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+  # The average differs from the last params (it is an average) ...
+  assert not np.allclose(runs.leaves(trainer.eval_params(state))[0],
+                         history[-1][0], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize('schedule', ['constant', 'cosine', 'wsd'])
+def test_learning_rate_schedules(fake_config, schedule):
+  fake_config.lr_schedule = schedule
+  fake_config.num_train_steps = 1000
+  fake_config.warmup_steps = 100
+  fake_config.decay_fraction = 0.25
+  _, lr = train.create_optimizer(fake_config)
+  peak = fake_config.learning_rate
+  assert float(lr(0)) == 0 and float(lr(50)) == pytest.approx(peak / 2)
+  assert float(lr(100)) == pytest.approx(peak)
+  at_end = {'constant': peak, 'cosine': 0.0, 'wsd': 0.0}[schedule]
+  assert float(lr(1000)) == pytest.approx(at_end, abs=1e-9)
+  if schedule == 'wsd':   # constant until the last quarter, then linear
+    assert float(lr(750)) == pytest.approx(peak)
+    assert float(lr(875)) == pytest.approx(peak / 2)
+
+
 def test_loss_decreases_on_a_fixed_batch(fake_config):
   fake_config.learning_rate = 1e-2
   trainer = train.Trainer(fake_config)
