@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Let TFDS download the dataset if it is missing (needs internet).
   config.download = False
   config.model = get_model_config()
+  # A pretrained folder (gated_pixelcnn.pretrained) to take the parameters
+  # from instead of --workdir's checkpoints; set by its config.py.
+  config.pretrained = placeholder(str)
 
   # Global batch sizes, split over all devices of all processes.
   config.batch_size = 32

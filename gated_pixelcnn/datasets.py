@@ -75,7 +75,8 @@ def read_idx(path: os.PathLike, expected_ndim: int) -> np.ndarray:
   return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def _find(folder: pathlib.Path, stem: str) -> pathlib.Path:
+def find_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
+  """``stem``.gz or ``stem`` in ``folder``."""
   for name in (stem + '.gz', stem):
     if (folder / name).exists():
       return folder / name
@@ -89,8 +90,8 @@ class _LocalIdxMixin:
     folder = pathlib.Path(dl_manager.manual_dir)
     splits = {}
     for split, prefix in (('train', 'train'), ('test', 't10k')):
-      images = read_idx(_find(folder, f'{prefix}-images-idx3-ubyte'), 3)
-      labels = read_idx(_find(folder, f'{prefix}-labels-idx1-ubyte'), 1)
+      images = read_idx(find_file(folder, f'{prefix}-images-idx3-ubyte'), 3)
+      labels = read_idx(find_file(folder, f'{prefix}-labels-idx1-ubyte'), 1)
       if len(images) != len(labels):
         raise DatasetError(f'{folder}: {len(images)} {split} images but '
                            f'{len(labels)} labels.')

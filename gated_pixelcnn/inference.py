@@ -20,6 +20,7 @@ from gated_pixelcnn import generate
 from gated_pixelcnn import grids
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import models
+from gated_pixelcnn import pretrained
 from gated_pixelcnn import train
 from gated_pixelcnn import workdir as workdir_lib
 
@@ -30,9 +31,12 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
             ) -> tuple[train.Trainer, train.TrainState]:
   """The trainer for ``config`` and its state in ``workdir``: the newest
   readable one, or that of ``step`` (``read_only``: see
-  `checkpointing.restore_latest`; a given step never moves files)."""
+  `checkpointing.restore_latest`; a given step never moves files). With
+  ``config.pretrained`` set, the state of that pretrained folder."""
   if trainer is None:
     trainer = train.Trainer(config)
+  if config.get('pretrained'):
+    return trainer, pretrained.state(config, trainer, step)
   if (step is not None or read_only) and not (
       checkpointing.checkpoint_dir(workdir).exists()):
     raise checkpointing.CheckpointError(
@@ -62,10 +66,14 @@ def _writes_workdir(mode: Callable) -> Callable:
   while it runs; if a training run holds it, the job still runs, reading
   the checkpoints without moving any (``alone=False``), and writes only
   files named by step (samples, TensorBoard events), not the run's
-  eval_results.json."""
+  eval_results.json. With a pretrained model (``config.pretrained``) the
+  workdir is a folder of the job's own outputs."""
 
   @functools.wraps(mode)
   def run(config: ml_collections.ConfigDict, workdir: str):
+    if config.get('pretrained'):   # --workdir only receives the outputs
+      with workdir_lib.writer(workdir) as workdir:
+        return mode(config, workdir, alone=True)
     with workdir_lib.job(workdir) as (workdir, alone):
       return mode(config, workdir, alone=alone)
   return run

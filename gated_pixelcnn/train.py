@@ -509,6 +509,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The final eval metrics.
   """
+  if config.get('pretrained'):
+    raise errors.ConfigError(
+        f'config.pretrained = {config.pretrained}: a pretrained model is not '
+        'trained further; use it with --mode=eval, sample, complete, '
+        'compress or decompress, or train with configs/default.py.')
   trainer = Trainer(config)   # a bad config fails here, before any writing
   with workdir_lib.writer(workdir) as workdir:
     checkpointing.probe(workdir)
