@@ -50,7 +50,6 @@ from gated_pixelcnn import container
 from gated_pixelcnn import generate
 from gated_pixelcnn import inference
 from gated_pixelcnn import input_pipeline
-from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
 
@@ -98,7 +97,7 @@ def check_codable(model, config=None) -> None:
   """Only unconditional Gated PixelCNNs: the cached loop needs a Gated
   PixelCNN, and a conditional model would need its labels or h sent too."""
   name = config.model.name if config is not None else type(model).__name__
-  if type(model) is not models.GatedPixelCNN:  # pylint: disable=unidiomatic-typecheck
+  if not model.codable:
     raise CompressionError(
         f'compression needs an unconditional Gated PixelCNN (model.name = '
         f"'gated_pixelcnn'); {name!r} has no cached sampler loop to code "

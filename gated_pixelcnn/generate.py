@@ -18,7 +18,6 @@ from gated_pixelcnn import datasets
 from gated_pixelcnn import errors
 from gated_pixelcnn import grids
 from gated_pixelcnn import input_pipeline
-from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 
 OCCLUDED_VALUE = 128  # grey: how the hidden part of an image is shown
@@ -99,7 +98,7 @@ def write_grid(writer, workdir: str, step: int, name: str,
 def is_conditioned_on_images(model) -> bool:
   """Models whose samples are drawn given h of an image (AE, embedding,
   multi-scale), not from labels or nothing."""
-  return isinstance(model, models.ConditionalPixelCNN)
+  return model.conditioned_on_images
 
 
 def can_sample(trainer) -> bool:
@@ -138,7 +137,7 @@ def conditioning_of(trainer, params, images) -> jax.Array:
   """h of full-size images for a conditional model: its encoder's output,
   the frozen embedding, or the subsampled image."""
   model = trainer.model
-  if isinstance(model, models.PixelCNNAutoEncoder):
+  if model.has_encoder:
     return model.apply({'params': params}, jnp.asarray(images),
                        method='encode')
   return trainer.conditioner.add({'image': jnp.asarray(images)})['cond']

@@ -19,7 +19,6 @@ from gated_pixelcnn import errors
 from gated_pixelcnn import generate
 from gated_pixelcnn import grids
 from gated_pixelcnn import input_pipeline
-from gated_pixelcnn import models
 from gated_pixelcnn import pretrained
 from gated_pixelcnn import train
 from gated_pixelcnn import workdir as workdir_lib
@@ -148,8 +147,7 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
   """
   trainer, state = restore(config, workdir, read_only=not alone)
   model = trainer.model
-  if not isinstance(model, (models.PixelCNNAutoEncoder,
-                            models.MSEAutoEncoder)):
+  if not (model.has_encoder or model.objective == 'mse'):
     raise errors.ConfigError(
         f'--mode=reconstruct needs an auto-encoder (model.name = '
         f'pixelcnn_autoencoder or mse_autoencoder), not '
@@ -159,7 +157,7 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
                                    per_class=True)
   params = generate.host_params(trainer.eval_params(state))
   step = int(state.step)
-  if isinstance(model, models.MSEAutoEncoder):
+  if model.objective == 'mse':
     grid = grids.make_grid(np.stack(
         [images, mse_reconstruction(model, params, images)], axis=1))
   else:
@@ -168,7 +166,7 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
       run = conditioning.load_run(
           config.sample.mse_workdir, 'MSE auto-encoder baseline',
           'configs/fashion_mnist_autoencoder.py:mse')
-      if not isinstance(run.trainer.model, models.MSEAutoEncoder):
+      if run.trainer.model.objective != 'mse':
         raise errors.ConfigError(
             f'sample.mse_workdir {config.sample.mse_workdir} '
             f'holds a {run.config.model.name!r} run, not an '
@@ -192,8 +190,7 @@ def mse_reconstruction(model, params, images) -> np.ndarray:
 
 def _check_vector_conditioned(trainer, mode: str) -> None:
   model = trainer.model
-  ok = isinstance(model, models.PixelCNNAutoEncoder) or (
-      trainer.conditioner.source == 'embedding')
+  ok = model.has_encoder or trainer.conditioner.source == 'embedding'
   if not ok:
     raise errors.ConfigError(
         f'--mode={mode} needs a model conditioned on an image\'s vector h: '

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gated_pixelcnn import layers
+from gated_pixelcnn import model_parts
 from gated_pixelcnn import models
 
 Array = jax.Array
@@ -99,7 +100,7 @@ def complete(model, variables, rng: Array, images: Array, num_observed: int,
   B, H, W, C = images.shape
   _check(model, method, (H, W, C), B, labels, temperature, cond_vector,
          cond_maps)
-  models.check_images(images, model.num_channels)
+  model_parts.check_images(images, model.num_channels)
   if not 0 <= num_observed <= H * W * C:
     raise ValueError(f'num_observed = {num_observed} must be in 0..{H * W * C}'
                      f' (the number of sub-pixels per image).')
@@ -175,9 +176,10 @@ def _call_coder(t, freqs_Bx256) -> np.ndarray:
   try:
     values = np.asarray(_coder(int(t), np.asarray(freqs_Bx256)))
     if values.shape != (B,) or not np.issubdtype(values.dtype, np.integer) or (
-        values.min() < 0 or values.max() >= models.NUM_VALUES):
-      raise ValueError(f'the coder returned {values!r} for sub-pixel {t}; '
-                       f'expected {B} integers in 0..{models.NUM_VALUES - 1}.')
+        values.min() < 0 or values.max() >= model_parts.NUM_VALUES):
+      raise ValueError(
+          f'the coder returned {values!r} for sub-pixel {t}; expected {B} '
+          f'integers in 0..{model_parts.NUM_VALUES - 1}.')
     return values.astype(np.int32)
   except Exception as e:  # pylint: disable=broad-except
     _coder_error.append(e)
@@ -221,7 +223,7 @@ def decoder_inputs(model, variables, h: Array, image_shape
   decoder module, its variables and its ``cond_vector`` / ``cond_maps`` =
   m(h), ready for `sample` / `complete` with either method.
   """
-  if not isinstance(model, models.ConditionalPixelCNN):
+  if not model.conditioned_on_images:
     raise ValueError(f'{type(model).__name__} is not a conditional model.')
   H, W, _ = image_shape
   inputs = model.apply(variables, jnp.asarray(h), H, W,
@@ -234,7 +236,7 @@ def _check(model, method, image_shape, batch, labels, temperature,
            cond_vector, cond_maps):
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}, got {method!r}.')
-  if method == 'cached' and not isinstance(model, models.GatedPixelCNN):
+  if method == 'cached' and not model.cached_sampling:
     raise ValueError(
         f"method='cached' is implemented for GatedPixelCNN, not "
         f"{type(model).__name__}; use method='naive' (sample.method=naive).")
@@ -248,8 +250,9 @@ def _check(model, method, image_shape, batch, labels, temperature,
                      f'value), got {temperature}.')
   if labels is not None:
     labels = jnp.asarray(labels)
-  models.check_conditioning((batch, H, W, C), getattr(model, 'num_classes', 0),
-                            labels, cond_vector, cond_maps)
+  model_parts.check_conditioning(
+      (batch, H, W, C), getattr(model, 'num_classes', 0), labels, cond_vector,
+      cond_maps)
 
 
 def _check_conditioning_params(model, variables, labels, cond_vector,
@@ -379,7 +382,7 @@ def _cached_loop(model, variables, rng, canvas, num_observed, temperature,
   p, L = model.features, model.num_layers
   dtype = jnp.dtype(model.dtype)
   params = variables['params']
-  h_BxD = models.global_condition(cond.get('labels'), model.num_classes,
+  h_BxD = model_parts.global_condition(cond.get('labels'), model.num_classes,
                                   cond.get('cond_vector'))
   weights = [_layer_weights(model, params, l, h_BxD, dtype) for l in range(L)]
   radius = [(model.first_kernel_size if l == 0 else model.kernel_size) // 2
@@ -400,7 +403,7 @@ def _cached_loop(model, variables, rng, canvas, num_observed, temperature,
 
   def vertical_row(i, canvas, cache: _Cache) -> _Cache:
     """Pushes row i - 1 through the vertical stack: caches and links."""
-    v_in = models.scale_images(canvas[:, i - 1])            # [B, W, C]
+    v_in = model_parts.scale_images(canvas[:, i - 1])            # [B, W, C]
     new_v, new_link = [], []
     for l, w in enumerate(weights):
       r = radius[l]
@@ -425,7 +428,8 @@ def _cached_loop(model, variables, rng, canvas, num_observed, temperature,
     conditioning: computed once per pixel.
     """
     r0 = radius[0]
-    row = jnp.pad(models.scale_images(canvas[:, i]), ((0, 0), (r0, 0), (0, 0)))
+    row = jnp.pad(model_parts.scale_images(canvas[:, i]),
+                  ((0, 0), (r0, 0), (0, 0)))
     left = jax.lax.dynamic_slice_in_dim(row, j, r0, axis=1)   # [B, r0, C]
     out = []
     for l, w in enumerate(weights):
@@ -440,7 +444,7 @@ def _cached_loop(model, variables, rng, canvas, num_observed, temperature,
   def channel_step(i, j, c, canvas, cache: _Cache, left: list[Array]):
     """The horizontal stack at the current pixel only: its last conv tap and
     the 1x1s; then draws sub-pixel (i, j, c)."""
-    h_cur = models.scale_images(canvas[:, i, j]).astype(dtype)   # [B, C]
+    h_cur = model_parts.scale_images(canvas[:, i, j]).astype(dtype)   # [B, C]
     horizontal = list(cache.horizontal)
     skips = 0.0
     for l, w in enumerate(weights):
@@ -454,7 +458,7 @@ def _cached_loop(model, variables, rng, canvas, num_observed, temperature,
     hidden = jax.nn.relu(_mm(jax.nn.relu(skips), head_hidden, dtype)
                          + head['hidden']['bias'].astype(dtype)[None])
     logits = _mm(hidden, head_logits, jnp.float32) + head['logits']['bias'][None]
-    logits = logits.reshape(B, C, models.NUM_VALUES)[:, c]
+    logits = logits.reshape(B, C, model_parts.NUM_VALUES)[:, c]
     t = (i * W + j) * C + c
     value = _draw(rng, t, logits, temperature, draw)
     value = jnp.where((t < num_observed) | fixed[i, j, c], canvas[:, i, j, c],

@@ -192,9 +192,7 @@ def validate_config(config: ml_collections.ConfigDict,
   source = config.conditioning.source if 'conditioning' in config else ''
   check(source in conditioning.SOURCES,
         f'conditioning.source {source!r} is not one of {conditioning.SOURCES}.')
-  needs_source = isinstance(model, models.ConditionalPixelCNN) and not (
-      isinstance(model, models.PixelCNNAutoEncoder))
-  check(needs_source == bool(source),
+  check(model.needs_conditioning_run == bool(source),
         f"model.name = {config.model.name!r} with conditioning.source = "
         f"{source!r}: a conditional_pixelcnn needs a source ('embedding' or "
         f"'subsample'); other models take none (set it to '').")
@@ -204,9 +202,8 @@ def validate_config(config: ml_collections.ConfigDict,
   sample = config.sample
   check(sample.method in ('naive', 'cached'),
         f"sample.method {sample.method!r} is not 'naive' or 'cached'.")
-  check(sample.method == 'naive' or isinstance(
-      model, (models.GatedPixelCNN, models.ConditionalPixelCNN,
-              models.MSEAutoEncoder, models.EmbeddingNet)),
+  check(sample.method == 'naive' or model.cached_sampling or (
+      model.objective != 'likelihood'),
         f"sample.method='cached' needs model.name='gated_pixelcnn'; use "
         f"sample.method='naive' for {config.model.name!r}.")
   return spec
