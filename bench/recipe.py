@@ -47,6 +47,8 @@ CANDIDATES = {
     'adam_4e-3': {'optimizer': 'adam', 'learning_rate': 4e-3},
     'adam_2e-3_ema': {'optimizer': 'adam', 'learning_rate': 2e-3,
                       'ema_decay': 0.999},
+    'adam_2e-3_ema995': {'optimizer': 'adam', 'learning_rate': 2e-3,
+                         'ema_decay': 0.995},
     'adam_2e-3_wsd': {'optimizer': 'adam', 'learning_rate': 2e-3,
                       'lr_schedule': 'wsd'},
     'adam_2e-3_warmup500': {'optimizer': 'adam', 'learning_rate': 2e-3,
