@@ -19,7 +19,6 @@ and OUT/compare.png (subset test bits/dim against training time).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -34,6 +33,9 @@ if not __package__:   # run as a file, its folder would shadow installed modules
            f'bench.{pathlib.Path(__file__).stem} ...')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+
 CONFIGS = {
     'pixelcnn': 'configs.fashion_mnist_pixelcnn',
     'row_lstm': 'configs.fashion_mnist_row_lstm',
@@ -43,6 +45,32 @@ CONFIGS = {
 LABELS = {'pixelcnn': 'PixelCNN', 'row_lstm': 'Row LSTM',
           'diagonal_bilstm': 'Diagonal BiLSTM',
           'gated_pixelcnn': 'Gated PixelCNN'}
+
+_MODELS = flags.DEFINE_string(
+    'models', ','.join(CONFIGS), f'comma-separated subset of {sorted(CONFIGS)}')
+_MINUTES = flags.DEFINE_float(
+    'minutes', 12.0, 'minutes of training steps for each model')
+_POINTS = flags.DEFINE_integer(
+    'points', 6, 'evaluations of the --subset test images during training, '
+    'at equal times')
+_SUBSET = flags.DEFINE_integer(
+    'subset', 1000, 'number of first test images evaluated at each point')
+_OUT = flags.DEFINE_string('out', str(ROOT / 'docs' / 'compare'),
+                           'folder for results.json and compare.png')
+_WORKER = flags.DEFINE_string(
+    'worker', None, 'internal: train this one model and print its figures as '
+    'JSON (the subprocess each model runs in)')
+
+
+def _known_models(value: str) -> bool:
+  unknown = sorted(set(value.split(',')) - set(CONFIGS))
+  if unknown:
+    raise flags.ValidationError(
+        f'unknown model(s) {unknown}; choose from {sorted(CONFIGS)}')
+  return True
+
+
+flags.register_validator('models', _known_models)
 
 
 def load_config(name: str):
@@ -60,10 +88,11 @@ def train_one(name: str, minutes: float, points: int, subset: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import input_pipeline  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import parallel  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
 
   config = load_config(name)
-  train.configure_cpu_devices(config)
+  parallel.configure_cpu_devices(config)
   trainer = train.Trainer(config)
   builder = input_pipeline.get_builder(config)
   source = input_pipeline.open_split(builder, 'train', per_process=False)
@@ -140,37 +169,28 @@ def plot(results: list[dict], path: pathlib.Path, minutes: float) -> None:
   fig.savefig(path, dpi=120)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--models', default=','.join(CONFIGS))
-  parser.add_argument('--minutes', type=float, default=12.0)
-  parser.add_argument('--points', type=int, default=6)
-  parser.add_argument('--subset', type=int, default=1000)
-  parser.add_argument('--out', default=str(ROOT / 'docs' / 'compare'))
-  parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  names = args.models.split(',')
-  unknown = sorted(set(names) - set(CONFIGS))
-  if unknown:
-    parser.error(f'unknown model(s) {unknown}; choose from {sorted(CONFIGS)}')
-  if args.worker:
-    print(json.dumps(train_one(args.worker, args.minutes, args.points,
-                               args.subset)))
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  names = _MODELS.value.split(',')
+  if _WORKER.value:
+    print(json.dumps(train_one(_WORKER.value, _MINUTES.value, _POINTS.value,
+                               _SUBSET.value)))
     return
-  out = pathlib.Path(args.out)
+  out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   results = []
   for name in names:
     proc = subprocess.run(
         [sys.executable, '-m', 'bench.compare_models', f'--worker={name}',
-         f'--minutes={args.minutes}', f'--points={args.points}',
-         f'--subset={args.subset}'],
+         f'--minutes={_MINUTES.value}', f'--points={_POINTS.value}',
+         f'--subset={_SUBSET.value}'],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode:
       sys.exit(f'{name} failed (exit {proc.returncode}); see its log above.')
     results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     (out / 'results.json').write_text(json.dumps(results, indent=2))
-  print(f'\nFashion-MNIST, {args.minutes:g} minutes of training steps each '
+  print(f'\nFashion-MNIST, {_MINUTES.value:g} minutes of training steps each '
         f'on this machine ({os.cpu_count()} cores), RMSProp 1e-3 constant, '
         f'batch 32:\n')
   print('| model | params | steps | images/s | test bits/dim (10,000) |')
@@ -179,7 +199,7 @@ def main():
     print(f'| {LABELS[r["model"]]} | {r["params"]:,} | {r["steps"]:,} | '
           f'{r["images_per_second"]:.1f} | {r["test_bits_per_dim"]:.4f} |')
   try:
-    plot(results, out / 'compare.png', args.minutes)
+    plot(results, out / 'compare.png', _MINUTES.value)
     print(f'\nwrote {out / "compare.png"} and {out / "results.json"}')
   except ImportError:
     print(f'\nwrote {out / "results.json"} (pip install -e ".[plot]" for '
@@ -187,4 +207,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

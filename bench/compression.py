@@ -21,7 +21,6 @@ Measures, on the same images (the whole split by default):
 Prints a table and writes OUT/results.json.
 """
 
-import argparse
 import importlib
 import io
 import json
@@ -38,13 +37,16 @@ if not __package__:   # run as a file, its folder would shadow installed modules
   sys.exit(f'Run it as a module from the repository root: python -m '
            f'bench.{pathlib.Path(__file__).stem} ...')
 
-from absl import logging  # pylint: disable=g-import-not-at-top
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from gated_pixelcnn import compression  # pylint: disable=g-import-not-at-top
+from gated_pixelcnn import image_files
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
@@ -61,6 +63,20 @@ CODECS = {
                                'method': 6}),
     'JPEG-XL lossless': ('JXL', {'lossless': True, 'effort': 9}),
 }
+
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'a trained run (e.g. of configs/default.py)',
+    required=True)
+_CONFIG = flags.DEFINE_string('config', str(ROOT / 'configs/default.py'),
+                              'the run\'s config file (a configs/*.py file)')
+_SPLIT = flags.DEFINE_string('split', 'test', 'the dataset split to code')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 0, '0: all')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', 256, 'images coded together in the one-file run')
+_PER_IMAGE = flags.DEFINE_integer(
+    'per_image', 200, 'images coded one file each (0: skip)')
+_OUT = flags.DEFINE_string(
+    'out', None, 'folder for results.json (default: print only)')
 
 
 def _config(path):
@@ -156,39 +172,29 @@ def model_codec(codec, images, per_image: int):
   return out
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdir', required=True,
-                      help='a trained run (e.g. of configs/default.py)')
-  parser.add_argument('--config', default=str(ROOT / 'configs/default.py'))
-  parser.add_argument('--split', default='test')
-  parser.add_argument('--num_images', type=int, default=0, help='0: all')
-  parser.add_argument('--batch_size', type=int, default=256)
-  parser.add_argument('--per_image', type=int, default=200,
-                      help='images coded one file each (0: skip)')
-  parser.add_argument('--out', default=None,
-                      help='folder for results.json (default: print only)')
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
   logging.set_verbosity(logging.INFO)   # progress and ETA of the coding
 
-  config = _config(args.config)
-  config.compress.input = f'tfds:{args.split}'
-  config.compress.num_images = args.num_images
+  config = _config(_CONFIG.value)
+  config.compress.input = f'tfds:{_SPLIT.value}'
+  config.compress.num_images = _NUM_IMAGES.value
   trainer = train.Trainer(config)
-  images, _, what = compression.load_inputs(config, trainer.spec.image_shape)
-  codec = compression.Codec.from_workdir(config, args.workdir,
-                                         batch_size=args.batch_size,
+  images, _, what = image_files.load_inputs(config, trainer.spec.image_shape)
+  codec = compression.Codec.from_workdir(config, _WORKDIR.value,
+                                         batch_size=_BATCH_SIZE.value,
                                          trainer=trainer)
-  print(f'{what}, model step {codec.step} of {args.workdir}, '
+  print(f'{what}, model step {codec.step} of {_WORKDIR.value}, '
         f'{platform.processor() or platform.machine()}, '
         f'{os.cpu_count()} cores', flush=True)
 
   results = {'images': what, 'num_images': len(images),
              'image_shape': list(images.shape[1:]), 'step': codec.step,
-             'workdir': args.workdir, 'config': args.config,
+             'workdir': _WORKDIR.value, 'config': _CONFIG.value,
              'jax': jax.__version__, 'cores': os.cpu_count(),
              'model_nll_bits_per_dim': model_nll(codec, images)}
-  results.update(model_codec(codec, images, args.per_image))
+  results.update(model_codec(codec, images, _PER_IMAGE.value))
   for name in CODECS:
     if name.startswith('JPEG-XL') and not HAVE_JXL:
       print('JPEG-XL skipped: pip install pillow-jxl-plugin (the bench '
@@ -224,12 +230,12 @@ def main():
         f'{one["header_bytes"]} bytes); the coding loop with a coder that '
         f'does nothing: {one["loop_without_coder_images_per_s"]:.1f} '
         'images/s')
-  if args.out:
-    out = pathlib.Path(args.out)
+  if _OUT.value:
+    out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
     print(f'wrote {out / "results.json"}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

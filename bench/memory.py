@@ -14,7 +14,6 @@ bytes are exact for any backend.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import sys
@@ -27,7 +26,19 @@ if not __package__:   # run as a file, its folder would shadow installed modules
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+
 GIB = 2.0**30
+
+_CONFIG = flags.DEFINE_string('config', str(ROOT / 'configs/imagenet64.py'),
+                              'the config file (a configs/*.py file)')
+_DEVICES = flags.DEFINE_integer(
+    'devices', 32, 'fake CPU devices the step is compiled for (the batch '
+    'and, with FSDP, the state are split over them)')
+_DTYPES = flags.DEFINE_string(
+    'dtypes', 'float32,bfloat16', 'comma-separated compute dtypes '
+    '(config.model.dtype) to measure')
 
 
 def state_bytes_per_device(abstract_state) -> tuple[float, float]:
@@ -47,6 +58,7 @@ def measure(config_path: str, devices: int, dtype: str, shard: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import parallel  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
 
   config = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
@@ -54,7 +66,8 @@ def measure(config_path: str, devices: int, dtype: str, shard: bool) -> dict:
   config.model.dtype = dtype
   config.shard_params = shard
   config.microbatches = 1
-  trainer = train.Trainer(config, mesh=train.make_mesh(jax.devices()[:devices]))
+  trainer = train.Trainer(config,
+                          mesh=parallel.make_mesh(jax.devices()[:devices]))
   H, W, C = trainer.spec.image_shape
   batch = {'image': jax.ShapeDtypeStruct((config.batch_size, H, W, C),
                                          jnp.uint8,
@@ -65,28 +78,26 @@ def measure(config_path: str, devices: int, dtype: str, shard: bool) -> dict:
   stats = compiled.memory_analysis()
   state, full = state_bytes_per_device(trainer.abstract_state)
   return {'state': state, 'full': full, 'temp': stats.temp_size_in_bytes,
-          'compile_s': seconds, 'per_device_batch': config.batch_size // devices,
+          'compile_s': seconds,
+          'per_device_batch': config.batch_size // devices,
           'image_shape': (H, W, C)}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default=str(ROOT / 'configs/imagenet64.py'))
-  parser.add_argument('--devices', type=int, default=32)
-  parser.add_argument('--dtypes', default='float32,bfloat16')
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_num_cpu_devices', args.devices)
-  print(f'{args.config}, {args.devices} devices (fake CPU), jax '
+  jax.config.update('jax_num_cpu_devices', _DEVICES.value)
+  print(f'{_CONFIG.value}, {_DEVICES.value} devices (fake CPU), jax '
         f'{jax.__version__}')
   print('| compute dtype | params | state per device GiB (params + RMSProp) '
         '| XLA:CPU temporaries per device GiB | state + temporaries GiB '
         '| compile s |')
   print('|---|---|---|---|---|---|')
-  for dtype in args.dtypes.split(','):
+  for dtype in _DTYPES.value.split(','):
     for shard in (False, True):
-      r = measure(args.config, args.devices, dtype, shard)
-      how = f'split over {args.devices} (FSDP)' if shard else 'replicated'
+      r = measure(_CONFIG.value, _DEVICES.value, dtype, shard)
+      how = f'split over {_DEVICES.value} (FSDP)' if shard else 'replicated'
       print(f'| {dtype} | {how} | {r["state"] / GIB:.3f} (of '
             f'{r["full"] / GIB:.3f}) | {r["temp"] / GIB:.2f} | '
             f'{(r["state"] + r["temp"]) / GIB:.2f} | {r["compile_s"]:.0f} |')
@@ -94,4 +105,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -20,7 +20,6 @@ The ratio bounds how far the whole step can get ahead of the reference.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -37,6 +36,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if not __package__:   # run as a file, its folder would shadow installed modules
   sys.exit(f'Run it as a module from the repository root: python -m '
            f'bench.{pathlib.Path(__file__).stem} ...')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from bench import step_flags  # pylint: disable=g-import-not-at-top
+
+_FEATURES = flags.DEFINE_integer(
+    'features', 48, 'the model\'s width p (config.model.features)')
+# --cpu-devices and --microbatches: bench/step_flags.py (bench.train, which
+# the profile runs, uses them too).
+flags.adopt_module_key_flags(step_flags)
+_CONV = flags.DEFINE_bool(
+    'conv', False, 'compare the vertical-stack conv kernel instead')
 
 
 def _best_seconds(fn, repeats=5):
@@ -182,19 +194,15 @@ def profile(features: int, cpu_devices: int, microbatches: int,
     print(f'| {kind} | {ms:.0f} | {100 * ms / total:.0f}% |')
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--features', type=int, default=48)
-  parser.add_argument('--cpu-devices', type=int, default=0)
-  parser.add_argument('--microbatches', type=int, default=0)
-  parser.add_argument('--conv', action='store_true',
-                      help='compare the vertical-stack conv kernel instead')
-  args = parser.parse_args()
-  if args.conv:
-    conv_ceiling(args.features)
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  if _CONV.value:
+    conv_ceiling(_FEATURES.value)
   else:
-    profile(args.features, args.cpu_devices, args.microbatches)
+    profile(_FEATURES.value, step_flags.CPU_DEVICES.value,
+            step_flags.MICROBATCHES.value)
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -22,7 +22,6 @@ entry per candidate and budget); OUT/recipe.png plots them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -37,6 +36,9 @@ if not __package__:   # run as a file, its folder would shadow installed modules
   sys.exit(f'Run it as a module from the repository root: python -m '
            f'bench.{pathlib.Path(__file__).stem} ...')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 
 # name: overrides of configs/default.py (dotted keys).
 CANDIDATES = {
@@ -75,6 +77,37 @@ CANDIDATES = {
                    'weight_decay': 1e-4},
 }
 
+_CANDIDATES = flags.DEFINE_string(
+    'candidates', ','.join(CANDIDATES),
+    'comma-separated candidates to train (--list shows them)')
+_MINUTES = flags.DEFINE_float(
+    'minutes', 15.0, 'minutes of training steps for each candidate')
+_POINTS = flags.DEFINE_integer(
+    'points', 6, 'evaluations of the --subset test images during training, '
+    'at equal steps')
+_SUBSET = flags.DEFINE_integer(
+    'subset', 1000, 'number of first test images evaluated at each point')
+_OUT = flags.DEFINE_string('out', str(ROOT / 'docs' / 'recipe'),
+                           'folder for results.json and recipe.png')
+_LIST = flags.DEFINE_bool('list', False, 'print the candidates and exit')
+_PLOT = flags.DEFINE_bool(
+    'plot', False, 'only redraw OUT/recipe.png and print the table')
+_CHILD = flags.DEFINE_string(
+    'child', None, 'internal: train this one candidate and print its result '
+    '(the subprocess each candidate runs in)')
+
+
+@flags.multi_flags_validator(['candidates', 'list', 'plot', 'child'])
+def _known_candidates(values) -> bool:
+  if values['list'] or values['plot'] or values['child']:
+    return True   # --candidates is not used
+  unknown = sorted({n for n in values['candidates'].split(',') if n} -
+                   set(CANDIDATES))
+  if unknown:
+    raise flags.ValidationError(
+        f'unknown candidates {unknown}; --list shows them.')
+  return True
+
 
 def make_config(overrides: dict):
   from configs import default  # pylint: disable=g-import-not-at-top
@@ -96,10 +129,11 @@ def train_candidate(name: str, minutes: float, points: int,
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import input_pipeline  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import parallel  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
 
   config = make_config(CANDIDATES[name])
-  train.configure_cpu_devices(config)
+  parallel.configure_cpu_devices(config)
   builder = input_pipeline.get_builder(config)
   source = input_pipeline.open_split(builder, 'train', per_process=False)
   test = input_pipeline.open_split(builder, 'test')
@@ -199,9 +233,9 @@ def _cpu_name() -> str:
       info = f.read()
     name = next(line.split(':', 1)[1].strip() for line in info.splitlines()
                 if line.startswith('model name'))
-    flags = next(line for line in info.splitlines()
-                 if line.startswith('flags')).split()
-    isa = [f for f in ('avx512f', 'avx2', 'avx', 'fma') if f in flags]
+    cpu_flags = next(line for line in info.splitlines()
+                     if line.startswith('flags')).split()
+    isa = [f for f in ('avx512f', 'avx2', 'avx', 'fma') if f in cpu_flags]
     return f'{name} ({", ".join(isa)}; {os.cpu_count()} cores)'
   except (OSError, StopIteration):
     return platform.processor() or platform.machine()
@@ -260,41 +294,28 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
   fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--candidates', default=','.join(CANDIDATES))
-  parser.add_argument('--minutes', type=float, default=15.0)
-  parser.add_argument('--points', type=int, default=6)
-  parser.add_argument('--subset', type=int, default=1000)
-  parser.add_argument('--out', default=str(ROOT / 'docs' / 'recipe'))
-  parser.add_argument('--list', action='store_true',
-                      help='print the candidates and exit')
-  parser.add_argument('--plot', action='store_true',
-                      help='only redraw OUT/recipe.png and print the table')
-  parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.list:
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  if _LIST.value:
     for name, overrides in CANDIDATES.items():
       print(f'{name}: {overrides or "(the default)"}')
     return
-  if args.child:
-    result = train_candidate(args.child, args.minutes, args.points,
-                             args.subset)
+  if _CHILD.value:
+    result = train_candidate(_CHILD.value, _MINUTES.value, _POINTS.value,
+                             _SUBSET.value)
     print('RESULT ' + json.dumps(result))
     return
-  out = pathlib.Path(args.out)
+  out = pathlib.Path(_OUT.value)
   results = _load(out / 'results.json')
-  if not args.plot:
-    names = [n for n in args.candidates.split(',') if n]
-    unknown = sorted(set(names) - set(CANDIDATES))
-    if unknown:
-      sys.exit(f'error: unknown candidates {unknown}; --list shows them.')
+  if not _PLOT.value:
+    names = [n for n in _CANDIDATES.value.split(',') if n]
     for name in names:
       start = time.time()
       proc = subprocess.run(
           [sys.executable, '-m', 'bench.recipe', f'--child={name}',
-           f'--minutes={args.minutes}', f'--points={args.points}',
-           f'--subset={args.subset}'], cwd=ROOT, stdout=subprocess.PIPE,
+           f'--minutes={_MINUTES.value}', f'--points={_POINTS.value}',
+           f'--subset={_SUBSET.value}'], cwd=ROOT, stdout=subprocess.PIPE,
           text=True, check=False)
       lines = [line for line in proc.stdout.splitlines()
                if line.startswith('RESULT ')]
@@ -304,7 +325,7 @@ def main() -> None:
         continue
       result = json.loads(lines[-1][len('RESULT '):])
       results = [r for r in results if not (
-          r['candidate'] == name and r['minutes'] == args.minutes)]
+          r['candidate'] == name and r['minutes'] == _MINUTES.value)]
       results.append(result)
       _save(out / 'results.json', results)
       print(f'{name}: test {result["test_bits_per_dim"]:.4f} bits/dim after '
@@ -319,4 +340,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -9,7 +9,6 @@ H*W*C steps of a whole image; the output says so. Compile time is excluded
 (every function runs once before it is timed).
 """
 
-import argparse
 import os
 import pathlib
 import platform
@@ -21,12 +20,19 @@ if not __package__:   # run as a file, its folder would shadow installed modules
   sys.exit(f'Run it as a module from the repository root: python -m '
            f'bench.{pathlib.Path(__file__).stem} ...')
 
-import jax  # pylint: disable=g-import-not-at-top
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
 import jax.numpy as jnp
 
 from configs import default  # pylint: disable=g-import-not-at-top
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
+
+_BATCH = flags.DEFINE_integer('batch', 16, 'images sampled at once')
+_NAIVE_STEPS = flags.DEFINE_integer(
+    'naive_steps', 64, 'loop steps the naive sampler is timed over (scaled '
+    'to the H*W*C steps of a whole image)')
 
 
 def _model(num_channels):
@@ -61,15 +67,14 @@ def time_naive(model, variables, shape, batch, steps):
   return seconds / steps * total
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--batch', type=int, default=16)
-  parser.add_argument('--naive_steps', type=int, default=64)
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  batch, naive_steps = _BATCH.value, _NAIVE_STEPS.value
   print(f'machine: {platform.machine()}, {os.cpu_count()} CPU cores, '
         f'JAX {jax.__version__} on {jax.devices()[0].platform}; batch '
-        f'{args.batch}, float32')
-  print(f'naive: timed over {args.naive_steps} loop steps, scaled to H*W*C '
+        f'{batch}, float32')
+  print(f'naive: timed over {naive_steps} loop steps, scaled to H*W*C '
         f'steps\n')
   print(f'{"model":<34}{"image":>10}{"naive s":>11}{"cached s":>11}'
         f'{"speed-up":>10}')
@@ -77,8 +82,8 @@ def main():
     model, config = _model(shape[2])
     variables = model.init(jax.random.PRNGKey(0),
                            jnp.zeros((1, *shape), jnp.int32))
-    naive = time_naive(model, variables, shape, args.batch, args.naive_steps)
-    cached = time_cached(model, variables, shape, args.batch)
+    naive = time_naive(model, variables, shape, batch, naive_steps)
+    cached = time_cached(model, variables, shape, batch)
     name = (f'{config.num_layers} layers, p={config.features}, '
             f'head={config.head_features}')
     print(f'{name:<34}{"x".join(map(str, shape)):>10}{naive:>11.1f}'
@@ -90,10 +95,10 @@ def main():
     shape = (side, side, 1)
     variables = model.init(jax.random.PRNGKey(0),
                            jnp.zeros((1, *shape), jnp.int32))
-    cached = time_cached(model, variables, shape, args.batch)
+    cached = time_cached(model, variables, shape, batch)
     print(f'{"x".join(map(str, shape)):>10}{side * side:>8}{cached:>11.2f}'
           f'{1000 * cached / side**2:>10.2f}', flush=True)
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -8,7 +8,7 @@
 Models (configs/default.py's architecture unless said): ``default`` (8 layers,
 p = 48, 28x28x1), ``wide`` (the same at p = 128), ``rgb32`` (the same at
 32x32x3). Every measurement runs in a fresh subprocess so that its peak
-resident memory (RSS) is its own. The step is the real `train.train_step`
+resident memory (RSS) is its own. The step is the real `steps.train_step`
 (RMSProp, the default optimizer settings) on one fixed random batch, jitted
 with its state donated; timing starts after compilation and --warmup steps,
 covers --windows windows of --steps steps each (blocking once per window,
@@ -23,7 +23,7 @@ plain one-device step.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -42,12 +42,76 @@ if not __package__:   # run as a file, its folder would shadow installed modules
   sys.exit(f'Run it as a module from the repository root: python -m '
            f'bench.{pathlib.Path(__file__).stem} ...')
 
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from bench import step_flags  # pylint: disable=g-import-not-at-top
+
 MODELS = {
     'default': dict(features=48, image_shape=(28, 28, 1)),
     'wide': dict(features=128, image_shape=(28, 28, 1)),
     'rgb32': dict(features=48, image_shape=(32, 32, 3)),
 }
 SCALING_SIZES = (16, 32, 64)
+
+_MODELS = flags.DEFINE_string('models', ','.join(MODELS),
+                              f'comma-separated subset of {sorted(MODELS)}')
+_COMPARE_TORCH = flags.DEFINE_bool(
+    'compare-torch', False, 'also time the PyTorch reference (bench extra)')
+_SCALING = flags.DEFINE_bool(
+    'scaling', False, f'default model at {SCALING_SIZES} px instead')
+_BATCH = flags.DEFINE_integer('batch', 32, 'images per train step')
+_STEPS = flags.DEFINE_integer('steps', 5, 'steps per timed window')
+_WINDOWS = flags.DEFINE_integer(
+    'windows', 3, 'timed windows (the median window is reported)')
+_WARMUP = flags.DEFINE_integer(
+    'warmup', 2, 'steps run before timing starts (after compilation)')
+# --cpu-devices and --microbatches: bench/step_flags.py (bench.profile_step,
+# which imports this module, uses them too).
+flags.adopt_module_key_flags(step_flags)
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'compute dtype of the model (config.model.dtype)')
+_CHILD = flags.DEFINE_string(
+    'child', None, 'internal: one measurement, as JSON of framework, '
+    'features and image_shape (the subprocess each measurement runs in)')
+
+
+@flags.multi_flags_validator(['models', 'scaling'])
+def _known_models(values) -> bool:
+  if values['scaling']:
+    return True   # --models is not used
+  unknown = set(values['models'].split(',')) - set(MODELS)
+  if unknown:
+    raise flags.ValidationError(f'unknown --models {sorted(unknown)}; choose '
+                                f'from {sorted(MODELS)}')
+  return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How each measurement runs: the flags, passed on to each child."""
+  batch: int
+  steps: int
+  windows: int
+  warmup: int
+  cpu_devices: int
+  microbatches: int
+  dtype: str
+
+  @classmethod
+  def from_flags(cls) -> Settings:
+    return cls(batch=_BATCH.value, steps=_STEPS.value,
+               windows=_WINDOWS.value, warmup=_WARMUP.value,
+               cpu_devices=step_flags.CPU_DEVICES.value,
+               microbatches=step_flags.MICROBATCHES.value,
+               dtype=_DTYPE.value)
+
+  def argv(self) -> list[str]:
+    """The flags that give these settings."""
+    return [f'--batch={self.batch}', f'--steps={self.steps}',
+            f'--windows={self.windows}', f'--warmup={self.warmup}',
+            f'--dtype={self.dtype}', f'--cpu-devices={self.cpu_devices}',
+            f'--microbatches={self.microbatches}']
 
 
 def model_config(features, num_channels, dtype='float32'):
@@ -90,27 +154,29 @@ def jitted_step(config, images):
   and donated, ``config.microbatches`` resolved as training resolves it.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import optim  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import parallel  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import steps  # pylint: disable=g-import-not-at-top
 
-  devices = train.cpu_device_count(config, train.num_cores())
+  devices = parallel.cpu_device_count(config, parallel.num_cores())
   jax.config.update('jax_num_cpu_devices', devices)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import models  # pylint: disable=g-import-not-at-top
 
-  microbatches = train.num_microbatches(config, devices, images.shape[1:],
-                                        'cpu')
+  microbatches = parallel.num_microbatches(config, devices,
+                                           images.shape[1:], 'cpu')
   model = models.create_model(config.model)
-  tx, schedule = train.create_optimizer(config)
-  mesh = train.make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, train.P())
-  split = jax.sharding.NamedSharding(mesh, train.P('data'))
+  tx, schedule = optim.create_optimizer(config)
+  mesh = parallel.make_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, parallel.P())
+  split = jax.sharding.NamedSharding(mesh, parallel.P('data'))
   params = model.init(jax.random.PRNGKey(0), jnp.asarray(images[:1]))['params']
-  state = jax.device_put(train.TrainState(
+  state = jax.device_put(steps.TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       opt_state=tx.init(params), ema_params=None, rng=jax.random.PRNGKey(1)),
                          replicated)
   batch = {'image': jax.device_put(images, split)}
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    schedule=schedule, ema_decay=0.0,
                                    microbatches=microbatches),
                  in_shardings=(replicated, split),
@@ -118,17 +184,17 @@ def jitted_step(config, images):
   return step, state, batch, devices, microbatches
 
 
-def measure_jax(args, features, image_shape) -> dict:
+def measure_jax(settings: Settings, features, image_shape) -> dict:
   """One JAX measurement (run in its own process)."""
   from configs import default  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
-  config.batch_size = args.batch
-  config.cpu_devices = args.cpu_devices
-  config.microbatches = args.microbatches
-  config.model = model_config(features, image_shape[-1], args.dtype)
+  config.batch_size = settings.batch
+  config.cpu_devices = settings.cpu_devices
+  config.microbatches = settings.microbatches
+  config.model = model_config(features, image_shape[-1], settings.dtype)
   step, state, batch, devices, microbatches = jitted_step(
-      config, _images(args.batch, image_shape))
+      config, _images(settings.batch, image_shape))
   import jax  # pylint: disable=g-import-not-at-top
   from gated_pixelcnn import cost  # pylint: disable=g-import-not-at-top
 
@@ -149,7 +215,8 @@ def measure_jax(args, features, image_shape) -> dict:
     jax.block_until_ready(metrics)
     holder['state'] = s
 
-  seconds = _timed_windows(run_steps, args.warmup, args.steps, args.windows)
+  seconds = _timed_windows(run_steps, settings.warmup, settings.steps,
+                           settings.windows)
   return dict(
       framework=(f'jax, {devices} CPU device{"s" if devices > 1 else ""}'
                  f', {microbatches} part{"s" if microbatches > 1 else ""}'),
@@ -160,7 +227,7 @@ def measure_jax(args, features, image_shape) -> dict:
       matmul_gflops=cost.measured_matmul_gflops())
 
 
-def measure_torch(args, features, image_shape) -> dict:
+def measure_torch(settings: Settings, features, image_shape) -> dict:
   """The PyTorch reference, timed the same way (run in its own process)."""
   import torch  # pylint: disable=g-import-not-at-top
   from bench import torch_reference  # pylint: disable=g-import-not-at-top
@@ -176,7 +243,7 @@ def measure_torch(args, features, image_shape) -> dict:
   optimizer = torch.optim.RMSprop(
       model.parameters(), lr=config.learning_rate, alpha=config.rmsprop_decay,
       eps=config.rmsprop_eps)
-  images = torch.from_numpy(_images(args.batch, image_shape))
+  images = torch.from_numpy(_images(settings.batch, image_shape))
 
   def one_step():
     optimizer.zero_grad(set_to_none=True)
@@ -194,7 +261,8 @@ def measure_torch(args, features, image_shape) -> dict:
       loss = one_step()
     loss.item()
 
-  seconds = _timed_windows(run_steps, args.warmup, args.steps, args.windows)
+  seconds = _timed_windows(run_steps, settings.warmup, settings.steps,
+                           settings.windows)
   a = torch.randn(2048, 2048)
   best = float('inf')
   for _ in range(10):
@@ -239,10 +307,10 @@ def check_same_loss() -> float:
   return abs(jax_loss - torch_loss), jax_loss, torch_loss
 
 
-def _child(args) -> None:
-  spec = json.loads(args.child)
+def _child(spec_json: str, settings: Settings) -> None:
+  spec = json.loads(spec_json)
   measure = measure_torch if spec['framework'] == 'torch' else measure_jax
-  result = measure(args, spec['features'], tuple(spec['image_shape']))
+  result = measure(settings, spec['features'], tuple(spec['image_shape']))
   print('RESULT ' + json.dumps(result))
 
 
@@ -281,47 +349,21 @@ HEADER = ('| model | image | framework | params | steps/s | images/s | '
           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--models', default=','.join(MODELS),
-                      help=f'comma-separated subset of {sorted(MODELS)}')
-  parser.add_argument('--compare-torch', action='store_true',
-                      help='also time the PyTorch reference (bench extra)')
-  parser.add_argument('--scaling', action='store_true',
-                      help=f'default model at {SCALING_SIZES} px instead')
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--windows', type=int, default=3)
-  parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--cpu-devices', type=int, default=0,
-                      help='JAX data-parallel CPU devices (0: as training '
-                      'picks, one per core; 1: one device)')
-  parser.add_argument('--microbatches', type=int, default=0,
-                      help='parts each device batch is processed in (0: as '
-                      'training picks, see config.microbatches)')
-  parser.add_argument('--dtype', default='float32',
-                      choices=('float32', 'bfloat16'))
-  parser.add_argument('--child', help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.child:
-    _child(args)
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  settings = Settings.from_flags()
+  if _CHILD.value:
+    _child(_CHILD.value, settings)
     return
 
-  argv = [f'--batch={args.batch}', f'--steps={args.steps}',
-          f'--windows={args.windows}', f'--warmup={args.warmup}',
-          f'--dtype={args.dtype}', f'--cpu-devices={args.cpu_devices}',
-          f'--microbatches={args.microbatches}']
-  if args.scaling:
+  if _SCALING.value:
     runs = [(f'default {s}px', dict(features=48, image_shape=(s, s, 1)))
             for s in SCALING_SIZES]
   else:
-    unknown = set(args.models.split(',')) - set(MODELS)
-    if unknown:
-      parser.error(f'unknown --models {sorted(unknown)}; choose from '
-                   f'{sorted(MODELS)}')
-    runs = [(name, MODELS[name]) for name in args.models.split(',')]
+    runs = [(name, MODELS[name]) for name in _MODELS.value.split(',')]
 
-  if args.compare_torch:
+  if _COMPARE_TORCH.value:
     try:
       difference, jax_loss, torch_loss = check_same_loss()
     except ImportError as e:
@@ -334,17 +376,19 @@ def main() -> None:
                'the comparison would not be fair.')
 
   print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} '
-        f'cores; batch {args.batch}, {args.dtype}; median of {args.windows} '
-        f'windows of {args.steps} steps after {args.warmup} warm-up steps\n')
+        f'cores; batch {settings.batch}, {settings.dtype}; median of '
+        f'{settings.windows} windows of {settings.steps} steps after '
+        f'{settings.warmup} warm-up steps\n')
   print(HEADER)
   for name, spec in runs:
-    frameworks = ['jax'] + (['torch'] if args.compare_torch else [])
+    frameworks = ['jax'] + (['torch'] if _COMPARE_TORCH.value else [])
     results = {}
     for framework in frameworks:
-      results[framework] = _run_child(argv, dict(spec, framework=framework))
-      print(_row(name, spec['image_shape'], args.batch, results[framework]),
-            flush=True)
-    if args.compare_torch:
+      results[framework] = _run_child(settings.argv(),
+                                      dict(spec, framework=framework))
+      print(_row(name, spec['image_shape'], settings.batch,
+                 results[framework]), flush=True)
+    if _COMPARE_TORCH.value:
       ratio = (results['torch']['seconds_per_step'] /
                results['jax']['seconds_per_step'])
       print(f'| {name} | | JAX / torch throughput | | | {ratio:.2f}x | '
@@ -352,4 +396,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -1,4 +1,5 @@
-"""Lossless image compression with a trained model: --mode=compress/decompress.
+"""Lossless image compression with a trained model: the codec behind
+--mode=compress/decompress (modes.py reads and writes the files).
 
 A model with an exact likelihood is a compressor: an entropy coder driven by
 the model's conditionals p(x_t | x_<t) writes an image in about -log2 p(x)
@@ -24,32 +25,22 @@ The file format is in `gated_pixelcnn.container`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import math
-import os
-import shutil
 import struct
-import tempfile
 import time
-import warnings
 
 from absl import logging
 import constriction
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
-from PIL import UnidentifiedImageError
 
 from gated_pixelcnn import container
-from gated_pixelcnn import generate
-from gated_pixelcnn import inference
-from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import figures
+from gated_pixelcnn import runs
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
 
@@ -147,12 +138,12 @@ class Codec:
     """The model of ``config`` at checkpoint ``step`` (None: the newest) in
     ``workdir``, read-only; images of the training data's shape."""
     if trainer is None:
-      trainer = train.Trainer(config)
+      trainer = runs.make_trainer(config)
     check_codable(trainer.model, config)
-    _, state = inference.restore(config, workdir, read_only=True, step=step,
+    _, state = runs.restore(config, workdir, read_only=True, step=step,
                                  trainer=trainer)
     return cls(trainer.model,
-               generate.host_params(trainer.eval_params(state)),
+               figures.host_params(trainer.eval_params(state)),
                image_shape=trainer.spec.image_shape, step=int(state.step),
                batch_size=(config.compress.batch_size if batch_size is None
                            else batch_size))
@@ -346,292 +337,3 @@ def _log_progress(verb, done, total, start, bits, image_shape, what):
                'ETA %.0f s.', verb, done, total,
                bits / (done * math.prod(image_shape)), what, rate,
                (total - done) / max(rate, 1e-9))
-
-
-# ------------------------------------------------------- files and the modes
-
-
-def read_image(path, image_shape) -> np.ndarray:
-  """An 8-bit image file as uint8 [H, W, C]; clear errors otherwise. The
-  size and mode come from the header, checked before any pixel is decoded:
-  a small file that claims a huge image is refused, not decompressed."""
-  H, W, C = image_shape
-  expected = {1: 'L', 3: 'RGB'}.get(C)
-  try:
-    with warnings.catch_warnings():
-      # The size is checked below, before decoding: no warning needed.
-      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-      with Image.open(path) as im:
-        mode, size = im.mode, im.size
-        frames = getattr(im, 'n_frames', 1)
-        if (size[1], size[0]) == (H, W) and mode == expected and (
-            frames == 1):
-          im.load()
-          array = np.asarray(im)
-  except Image.DecompressionBombError as e:
-    raise CompressionError(f'{path} claims a huge image ({e}); compress '
-                           f'takes {W}x{H} images.') from e
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise CompressionError(f'{path} is not an image file Pillow can read '
-                           f'({e}).') from e
-  if frames > 1:
-    raise CompressionError(f'{path} holds {frames} frames; compress takes '
-                           'single images.')
-  if mode != expected:
-    raise CompressionError(
-        f'{path} is a {mode!r} image; this model codes 8-bit '
-        f'{"grayscale" if C == 1 else "RGB"} images (Pillow mode '
-        f'{expected!r}, {C} channel{"s" if C > 1 else ""}). Converting would '
-        'change its pixels, so it is not done silently.')
-  if (size[1], size[0]) != (H, W):
-    raise CompressionError(
-        f'{path} is {size[0]}x{size[1]} (width x height); this model codes '
-        f'{W}x{H} images.')
-  return array.reshape(H, W, C)
-
-
-def _files(folder: epath.Path, suffix: str | None = None) -> list[epath.Path]:
-  """The non-hidden files of a folder (ending in ``suffix``), sorted."""
-  files = sorted(p for p in folder.iterdir()
-                 if not p.name.startswith('.') and p.is_file()
-                 and (suffix is None or p.name.endswith(suffix)))
-  if not files:
-    raise CompressionError(f'{folder} has no {suffix + " " if suffix else ""}'
-                           'files.')
-  return files
-
-
-def load_inputs(config, image_shape
-                ) -> tuple[np.ndarray, list[str] | None, str]:
-  """compress.input: an image file, a folder of them, or tfds:SPLIT.
-
-  Returns images, names (file stems; None for a TFDS split) and a
-  description. Every image is read and checked before any coding starts.
-  """
-  spec = config.compress.input
-  limit = config.compress.num_images
-  if not spec:
-    raise CompressionError(
-        'set --config.compress.input: an image file, a folder of images, or '
-        'tfds:SPLIT (e.g. tfds:test) of the config\'s dataset.')
-  if limit < 0:
-    raise CompressionError(f'compress.num_images must be >= 0 (0: all), got '
-                           f'{limit}.')
-  if spec.startswith('tfds:'):
-    split = spec[len('tfds:'):]
-    builder = input_pipeline.get_builder(config)
-    if split not in builder.info.splits:
-      raise CompressionError(
-          f'{config.dataset} has no split {split!r}; it has '
-          f'{sorted(builder.info.splits)}.')
-    source = input_pipeline.open_split(builder, split, per_process=False)
-    n = len(source) if not limit else min(limit, len(source))
-    if not n:
-      raise CompressionError(f'{config.dataset} {split} has no images.')
-    f = config.get('subsample', 1)
-    images = np.stack([ex['image'] for ex in source.__getitems__(
-        list(range(n)))])[:, ::f, ::f]
-    return images, None, f'{config.dataset} {split} ({n} images)'
-  path = epath.Path(spec)
-  if not path.exists():
-    raise CompressionError(f'compress.input {spec} does not exist.')
-  files = _files(path) if path.is_dir() else [path]
-  if limit:
-    files = files[:limit]
-  for p in files:   # names are stored as UTF-8
-    try:
-      p.name.encode('utf-8')
-    except UnicodeEncodeError as e:
-      raise CompressionError(
-          f'{os.fsencode(p)!r}: the file name is not valid UTF-8, so it '
-          'cannot be stored; rename the file.') from e
-  images = np.stack([read_image(p, image_shape) for p in files])
-  return images, [p.stem for p in files], f'{spec} ({len(files)} images)'
-
-
-def _check_one_process() -> None:
-  if jax.process_count() > 1:
-    raise CompressionError(
-        'compress and decompress run in one process: start them without '
-        '--distributed (one host codes a file in sequence).')
-
-
-def _output(config, folder: bool) -> epath.Path:
-  """compress.output: set, and new (a folder may exist if empty)."""
-  if not config.compress.output:
-    raise CompressionError('set --config.compress.output: the file (or, for '
-                           'decompress and compress.per_image, the folder) '
-                           'to write.')
-  path = epath.Path(config.compress.output)
-  parent = path.parent
-  while not parent.exists() and parent != parent.parent:
-    parent = parent.parent
-  if not parent.is_dir():
-    raise CompressionError(f'compress.output {path} lies under {parent}, '
-                           'which is a file, not a folder; give another '
-                           'path.')
-  if os.path.islink(path):
-    raise CompressionError(f'compress.output {path} is a symbolic link; give '
-                           'a new path.')
-  if path.exists() and not (folder and path.is_dir()
-                            and not any(path.iterdir())):
-    raise CompressionError(
-        f'compress.output {path} already exists; choose a new '
-        f'{"folder" if folder else "file"} (it is never overwritten).')
-  return path
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-_UMASK = _umask()   # read once: os.umask can only be read by setting it
-
-
-def _readable(path) -> None:
-  """Permissions of a new file or folder under the umask (mkstemp gives
-  0600)."""
-  os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_UMASK)
-
-
-def _write_folder(dst: epath.Path, files: dict[str, bytes]) -> None:
-  """Writes every file into a temporary sibling, then renames it into place
-  (which fails if ``dst`` has become non-empty): an interrupted or failed
-  run leaves no partial output."""
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{dst.name}.partial-', dir=dst.parent)
-  try:
-    for name, data in files.items():
-      if os.path.basename(name) != name or name.startswith('.'):
-        raise CompressionError(f'refusing to write {name!r}: not a plain '
-                               'file name.')
-      path = os.path.join(tmp, name)
-      with open(path, 'xb') as f:
-        f.write(data)
-      _readable(path)
-    _readable(tmp)
-    try:
-      os.rename(tmp, dst)   # onto an empty folder, or fails
-    except OSError as e:
-      raise CompressionError(f'cannot move the output into {dst} ({e}); '
-                             'nothing was overwritten.') from e
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
-def _write_file(dst: epath.Path, data: bytes) -> None:
-  """Writes a temporary sibling, then links it to ``dst`` (which fails if
-  ``dst`` has appeared meanwhile: nothing is overwritten)."""
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{dst.name}.partial-', dir=dst.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    _readable(tmp)
-    try:
-      os.link(tmp, dst)
-    except FileExistsError:
-      raise
-    except OSError:   # no hard links here (FAT, some network mounts)
-      with open(dst, 'xb') as f:   # ours from here on: removed if unfinished
-        try:
-          f.write(data)
-        except BaseException:
-          os.remove(dst)
-          raise
-  except FileExistsError as e:
-    raise CompressionError(f'{dst} appeared while compressing; it was not '
-                           'overwritten.') from e
-  finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-
-
-def compress_checkpoint(config: ml_collections.ConfigDict,
-                        workdir: str) -> str:
-  """--mode=compress: compress.input -> compress.output (a .gpx file, or with
-  compress.per_image a folder of one .gpx per image)."""
-  _check_one_process()
-  per_image = config.compress.per_image
-  out = _output(config, folder=per_image)
-  trainer = train.Trainer(config)
-  codec = Codec.from_workdir(config, workdir, config.compress.step,
-                             trainer=trainer)
-  images, names, what = load_inputs(config, trainer.spec.image_shape)
-  if per_image and names is None:
-    names = [f'{k:05d}' for k in range(len(images))]
-  logging.info('Compressing %s with the model of step %d (fingerprint %s).',
-               what, codec.step, codec.fingerprint.hex())
-  start = time.time()
-  if per_image:
-    files = codec.compress_each(images, names, progress=True)
-    _write_folder(out, {f'{s}{SUFFIX}': d for s, d in zip(names, files)})
-    size = sum(len(d) for d in files)
-  else:
-    data = codec.compress(images, names, progress=True)
-    _write_file(out, data)
-    size = len(data)
-  logging.info('Wrote %s: %d images, %d bytes, %.4f bits/dim (header '
-               'included), %.1f images/s.', out, len(images), size,
-               8 * size / images.size, len(images) / (time.time() - start))
-  return str(out)
-
-
-def decompress_checkpoint(config: ml_collections.ConfigDict,
-                          workdir: str) -> str:
-  """--mode=decompress: compress.input (a .gpx file or a folder of them) ->
-  PNG files in the new folder compress.output. Uses the checkpoint step the
-  files name (compress.step is ignored)."""
-  _check_one_process()
-  spec = config.compress.input
-  if not spec:
-    raise CompressionError('set --config.compress.input: a .gpx file or a '
-                           'folder of them.')
-  src = epath.Path(spec)
-  if not src.exists():
-    raise CompressionError(f'compress.input {spec} does not exist.')
-  out = _output(config, folder=True)
-  paths = _files(src, SUFFIX) if src.is_dir() else [src]
-  blobs = {p: p.read_bytes() for p in paths}
-  headers = {p: read_header(d, str(p)) for p, d in blobs.items()}
-  steps = sorted({h.step for h in headers.values()})
-  if len(steps) > 1:
-    raise CompressionError(f'{spec} holds files of several checkpoint steps '
-                           f'{steps}; decompress them separately.')
-  if config.compress.step is not None and config.compress.step != steps[0]:
-    logging.warning('compress.step = %d is ignored: the files name step %d.',
-                    config.compress.step, steps[0])
-  codec = Codec.from_workdir(config, workdir, steps[0])
-  for p, h in headers.items():   # all checked before any decoding
-    codec.check_header(h, str(p))
-  pngs, start, count = {}, time.time(), 0
-  for p, data in blobs.items():
-    images, names = codec.decompress(data, progress=len(paths) == 1,
-                                     what=str(p))
-    if names is None:
-      width = max(5, len(str(len(images) - 1)))
-      names = [f'{k:0{width}d}' for k in range(len(images))]
-      if len(paths) > 1:
-        names = [p.stem] if len(images) == 1 else [
-            f'{p.stem}_{x}' for x in names]
-    for name, image in zip(names, images):
-      if f'{name}.png' in pngs:
-        raise CompressionError(f'two images decode to {name}.png; decompress '
-                               'the files separately.')
-      pngs[f'{name}.png'] = _png(image)
-    count += len(images)
-  _write_folder(out, pngs)
-  logging.info('Decompressed %d images into %s (%.1f images/s); every chunk '
-               'matched its pixel digest.', count, out,
-               count / (time.time() - start))
-  return str(out)
-
-
-def _png(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-      buf, format='PNG')
-  return buf.getvalue()

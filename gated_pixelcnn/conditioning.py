@@ -11,8 +11,9 @@ here: labels come with the data, the encoder is part of the model):
   generation. The pixels (f*i, f*j) are then given, not modelled: they are
   left out of the NLL and kept when sampling.
 
-A run is read back from its workdir: ``config.json`` (written when training
-starts) and its newest checkpoint.
+A run is read back from its workdir (``config.json``, written when
+training starts, and its newest checkpoint) by `runs.load_conditioning`,
+which hands it to the Trainer: nothing here loads runs or trains.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from gated_pixelcnn import errors
 from gated_pixelcnn import workdir as workdir_lib
 
 SOURCES = ('', 'embedding', 'subsample')
+# source: (what the run is, the config that trains one), for error messages.
+RUN_KINDS = {
+    'embedding': ('embedding network', 'configs/fashion_mnist_embedding.py'),
+    'subsample': ('low-resolution model',
+                  'configs/fashion_mnist_multiscale.py:low'),
+}
 CONFIG_FILE = 'config.json'
 
 
@@ -75,28 +82,24 @@ class Run:
   step: int
 
 
-def load_run(workdir: str | None, what: str, hint: str) -> Run:
-  """Config, trainer and newest checkpoint's params of the run in workdir."""
-  from gated_pixelcnn import inference  # pylint: disable=g-import-not-at-top
-  config = read_config(workdir, what, hint)
-  trainer, state = inference.restore(config, workdir, read_only=True)
-  return Run(config, trainer, trainer.eval_params(state), int(state.step))
-
-
 class Conditioner:
   """Adds ``batch['cond']`` for models conditioned on another run's output."""
 
   def __init__(self, config: ml_collections.ConfigDict,
-               image_shape: tuple[int, int, int]):
+               image_shape: tuple[int, int, int], run: Run | None = None):
     cond = config.get('conditioning', None)
     self.source = cond.source if cond is not None else ''
-    self.run: Run | None = None
+    if bool(self.source) != (run is not None):
+      raise ValueError(
+          f'conditioning.source = {self.source!r} with '
+          f'{"a" if run is not None else "no"} conditioning run: pass the run '
+          'that conditioning.workdir holds iff the source is set (build the '
+          'trainer with runs.make_trainer, which loads it).')
+    self.run = run
     self.factor = 1
     self._low_res_eval: dict[str, float] | None = None
     H, W, C = image_shape
     if self.source == 'embedding':
-      self.run = load_run(cond.workdir, 'embedding network',
-                          'configs/fashion_mnist_embedding.py')
       model = self.run.trainer.model
       if model.objective != 'triplet':
         raise errors.ConfigError(
@@ -108,8 +111,6 @@ class Conditioner:
       self._fn = jax.jit(lambda params, images: model.apply(
           {'params': params}, images))
     elif self.source == 'subsample':
-      self.run = load_run(cond.workdir, 'low-resolution model',
-                          'configs/fashion_mnist_multiscale.py:low')
       low = self.run.config
       if (low.subsample <= 1 or low.model.name != 'gated_pixelcnn' or
           low.model.get('num_classes', 0)):
@@ -123,7 +124,7 @@ class Conditioner:
       self.factor = f = low.subsample
       self.example = jnp.zeros((1, H // f, W // f, C), jnp.int32)
       self._fn = jax.jit(lambda params, images: images[:, ::f, ::f])
-    else:  # '' (train.validate_config rejects other sources)
+    else:  # '' (validation.validate_config rejects other sources)
       self.example = None
 
   def _check_same_images(self, config, workdir) -> None:

@@ -70,7 +70,7 @@ def initialize(coordinator_address: str | None = None,
   # agree on a stop step relative to the step each last reported, which is
   # 0 until the first report: a signal during start-up or restore then
   # names step 1, which a resumed run never reaches, and the run ignores
-  # the signal. train.handle_sigterm keeps the signal for the loop instead.
+  # the signal. parallel.handle_sigterm keeps the signal for the loop instead.
   jax.config.update('jax_enable_preemption_service', False)
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,

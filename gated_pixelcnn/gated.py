@@ -19,6 +19,8 @@ class GatedPixelCNN(model_parts.Capabilities, nn.Module):
   """Gated PixelCNN (van den Oord et al. 2016) with optional conditioning."""
   cached_sampling = True
   codable = True   # when unconditional: a decoder would need no labels
+  # block_0 holds global_cond / spatial_cond iff built with that input.
+  conditioning_in_block_0 = True
   num_layers: int = 6
   features: int = 48
   kernel_size: int = 5

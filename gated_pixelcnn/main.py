@@ -1,4 +1,4 @@
-"""Entry point: flags only; the work happens in train.py (and later modules).
+"""Entry point: flags only; the work happens in the --mode jobs (modes.py).
 
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR
   python -m gated_pixelcnn.main --config=configs/default.py --workdir=DIR \\
@@ -23,11 +23,10 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
-from gated_pixelcnn import compression
 from gated_pixelcnn import distributed
 from gated_pixelcnn import errors
-from gated_pixelcnn import inference
-from gated_pixelcnn import train
+from gated_pixelcnn import modes
+from gated_pixelcnn import parallel
 from gated_pixelcnn import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -65,15 +64,7 @@ flags.DEFINE_integer('process_id', None,
                      '(default: detected).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-MODES = {'train': train.train_and_evaluate,
-         'eval': inference.evaluate_checkpoint,
-         'sample': inference.sample_checkpoint,
-         'complete': inference.complete_checkpoint,
-         'reconstruct': inference.reconstruct_checkpoint,
-         'embed_sample': inference.embed_sample_checkpoint,
-         'interpolate': inference.interpolate_checkpoint,
-         'compress': compression.compress_checkpoint,
-         'decompress': compression.decompress_checkpoint}
+MODES = modes.MODES
 
 
 # Set to 1 for the full traceback of every error, user errors included.
@@ -144,9 +135,9 @@ def _run(argv) -> None:
   except Exception as e:  # pylint: disable=broad-except
     raise _config_error(e) from e
   if FLAGS.mode == 'train':
-    train.handle_sigterm()  # from the start: checkpoint and stop
+    parallel.handle_sigterm()  # from the start: checkpoint and stop
   # Both before JAX's backends start.
-  train.configure_cpu_devices(config)
+  parallel.configure_cpu_devices(config)
   if distributed.requested(FLAGS.distributed):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)

@@ -26,6 +26,7 @@ class Capabilities:
   conditioned_on_images = False    # samples are drawn given h of an image
   has_encoder = False              # h comes from its own `encode`
   needs_conditioning_run = False   # h comes from another trained run
+  conditioning_in_block_0 = False  # the sampler checks inputs against it
 
 
 def _is_concrete(x) -> bool:

@@ -17,9 +17,9 @@ the outputs go to --workdir (the folder is never written to):
   python -m gated_pixelcnn.main --config=pretrained/fashion_mnist/config.py \\
       --workdir=/tmp/out --mode=sample
 
-Export a run:
+Export a run with gated_pixelcnn.export:
 
-  python -m gated_pixelcnn.pretrained --config=configs/default.py \\
+  python -m gated_pixelcnn.export --config=configs/default.py \\
       --workdir=workdirs/default --out=pretrained/fashion_mnist
 """
 
@@ -32,21 +32,19 @@ import importlib.util
 import json
 import os
 import pathlib
-import platform
-import time
 from typing import Any
 import zipfile
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
+from gated_pixelcnn import datasets
 from gated_pixelcnn import errors
-from gated_pixelcnn import workdir as workdir_lib
+from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import likelihood
+from gated_pixelcnn import steps
+from gated_pixelcnn import train
 
 FORMAT = 1
 PARAMS, RECORD, CONFIG = 'params.npz', 'model.json', 'config.py'
@@ -55,8 +53,9 @@ SUBSET = 500
 # A pretrained folder's parameters may take at most this much.
 MAX_BYTES = 64 * 2**20
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_CONFIG_PY = '''"""The pretrained model of this folder: its config, with `pretrained` set
-to the folder (gated_pixelcnn.pretrained). Any --mode but train:
+CONFIG_PY = '''"""The pretrained model of this folder: its config, with
+`pretrained` set to the folder (gated_pixelcnn.pretrained). Any --mode but
+train:
 
   python -m gated_pixelcnn.main --config={path}/config.py --workdir=OUT \\\\
       --mode=sample   # eval, complete, compress, decompress
@@ -84,7 +83,7 @@ class Pretrained:
   path: pathlib.Path
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256(path: pathlib.Path) -> str:
   h = hashlib.sha256()
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
@@ -92,20 +91,19 @@ def _sha256(path: pathlib.Path) -> str:
   return h.hexdigest()
 
 
-def _flat(params, leaf=np.asarray) -> dict[str, Any]:
+def flat(params, leaf=np.asarray) -> dict[str, Any]:
   """{'block_0/v_to_h/kernel': array, ...}."""
   return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf(x)
           for path, x in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def _trainer(config):
-  from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
   return train.Trainer(config)
 
 
 def _abstract_params(trainer) -> dict[str, jax.ShapeDtypeStruct]:
   """The parameter shapes of the trainer's model, without computing them."""
-  return _flat(trainer.abstract_state.params,
+  return flat(trainer.abstract_state.params,
                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
 
 
@@ -133,7 +131,7 @@ def _read_record(path: pathlib.Path) -> dict[str, Any]:
                 f'format {FORMAT}. Use the version that wrote it.')
   if (path / PARAMS).stat().st_size > MAX_BYTES:
     raise _fail(path, f'{PARAMS} is larger than {MAX_BYTES // 2**20} MiB.')
-  if _sha256(path / PARAMS) != sha:
+  if sha256(path / PARAMS) != sha:
     raise _fail(path, f'{PARAMS} does not match the SHA-256 in {RECORD}: the '
                 'file was altered or is incomplete; copy it again.')
   return record
@@ -228,76 +226,22 @@ def state(config, trainer, step: int | None = None):
   """A TrainState for ``trainer`` holding the pretrained parameters of
   ``config.pretrained`` at its recorded step (for the --mode jobs);
   ``step``, if given, must be that step."""
-  from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
   model = load(config.pretrained, trainer)
   if step is not None and step != model.record['step']:
     raise errors.CheckpointError(
         f'the pretrained model {model.path} is step {model.record["step"]}, '
         f'not {step} (a file compressed with another model?).')
   params = jax.device_put(model.params, trainer.state_sharding.params)
-  return train.TrainState(
+  return steps.TrainState(
       step=jax.numpy.asarray(model.record['step'], jax.numpy.int32),
       params=params, opt_state=None, ema_params=None,
       rng=jax.random.PRNGKey(0))
-
-
-# ---------------------------------------------------------------- export
-
-
-def export(config, workdir: str, out: str) -> dict[str, Any]:
-  """Writes the pretrained folder ``out`` from the newest checkpoint of the
-  run in ``workdir``: its evaluation parameters and their test bits/dim."""
-  from gated_pixelcnn import generate  # pylint: disable=g-import-not-at-top
-  from gated_pixelcnn import inference  # pylint: disable=g-import-not-at-top
-  from gated_pixelcnn import input_pipeline  # pylint: disable=g-import-not-at-top
-  out_path = pathlib.Path(out)
-  if out_path.exists():
-    raise PretrainedError(f'{out} exists; export into a new folder (an '
-                          'existing model is never overwritten).')
-  trainer, train_state = inference.restore(config, workdir, read_only=True)
-  params = generate.host_params(trainer.eval_params(train_state))
-  builder = input_pipeline.get_builder(config)
-  full = trainer.evaluate_split(params, builder)
-  first = subset_bits_per_dim(trainer.model, params,
-                              first_test_images(config))
-  flat = _flat(params)
-  size = sum(x.nbytes for x in flat.values())
-  if size > MAX_BYTES:
-    raise PretrainedError(f'the parameters take {size / 2**20:.1f} MiB, more '
-                          f'than a pretrained folder may ({MAX_BYTES >> 20}).')
-  tmp = out_path.parent / f'.{out_path.name}.partial'
-  tmp.mkdir(parents=True)
-  np.savez(tmp / PARAMS, **flat)
-  record = {
-      'format': FORMAT, 'gated_pixelcnn': _version(),
-      'config': json.loads(config.to_json_best_effort()),
-      'step': int(train_state.step), 'dataset': config.dataset,
-      'split': trainer.spec.eval_split,
-      'bits_per_dim': full[trainer.metric],
-      'num_examples': full['num_examples'],
-      f'bits_per_dim_first_{SUBSET}': first,
-      'params_sha256': _sha256(tmp / PARAMS),
-      'num_params': int(sum(x.size for x in flat.values())),
-      'exported': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-      'exported_on': f'{platform.machine()}, {jax.devices()[0].platform}, '
-                     f'JAX {jax.__version__}',
-  }
-  (tmp / RECORD).write_text(json.dumps(record, indent=1) + '\n')
-  (tmp / CONFIG).write_text(_CONFIG_PY.format(path=out))
-  tmp.rename(out_path)
-  logging.info('Exported step %d of %s to %s: test %s %.4f (first %d images '
-               '%.4f), %.1f MiB.', record['step'], workdir, out,
-               trainer.metric, record['bits_per_dim'], SUBSET,
-               record[f'bits_per_dim_first_{SUBSET}'], size / 2**20)
-  return record
 
 
 def first_test_images(config, n: int = SUBSET) -> np.ndarray:
   """uint8 [n, H, W, 1]: the first ``n`` images of the dataset's local test
   file (the IDX file of MNIST or Fashion-MNIST), in file order: what the
   recorded subset bits/dim is computed on, read without TFDS."""
-  from gated_pixelcnn import datasets  # pylint: disable=g-import-not-at-top
-  from gated_pixelcnn import input_pipeline  # pylint: disable=g-import-not-at-top
   folder = (config.get('manual_dir') or
             input_pipeline.get_spec(config.dataset).default_manual_dir)
   if config.dataset not in ('fashion_mnist', 'mnist') or not folder:
@@ -310,7 +254,6 @@ def first_test_images(config, n: int = SUBSET) -> np.ndarray:
 def subset_bits_per_dim(model, params, images, batch: int = 100) -> float:
   """Exact bits/dim of ``images`` (a multiple of ``batch`` of them), one
   jitted program of batch ``batch``: the recorded figure and its test."""
-  from gated_pixelcnn import likelihood  # pylint: disable=g-import-not-at-top
 
   @jax.jit
   def nats(params, x):
@@ -321,32 +264,3 @@ def subset_bits_per_dim(model, params, images, batch: int = 100) -> float:
   for k in range(0, len(images), batch):
     total += float(nats(params, np.asarray(images[k:k + batch], np.int32)))
   return total / (images.size * np.log(2.0))
-
-
-def _version() -> str:
-  try:
-    from importlib import metadata  # pylint: disable=g-import-not-at-top
-    return metadata.version('gated_pixelcnn')
-  except Exception:  # pylint: disable=broad-except
-    return 'unknown'
-
-
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  try:
-    export(FLAGS.config, workdir_lib.resolve(FLAGS.workdir), FLAGS.out)
-  except errors.UserError as e:
-    raise SystemExit(f'error: {e}') from e
-
-
-if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'The run\'s config file.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'The trained run.')
-  flags.DEFINE_string('out', None, 'The new pretrained folder.')
-  flags.mark_flags_as_required(['config', 'workdir', 'out'])
-  app.run(main)

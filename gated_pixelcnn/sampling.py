@@ -258,7 +258,7 @@ def _check(model, method, image_shape, batch, labels, temperature,
 def _check_conditioning_params(model, variables, labels, cond_vector,
                                cond_maps):
   """Conditioning inputs given iff the model was built with them."""
-  if not isinstance(model, models.GatedPixelCNN):
+  if not model.conditioning_in_block_0:
     return
   block = variables['params']['block_0']
   for name, given, key in (

@@ -126,12 +126,15 @@ def claim(workdir: str, create: bool = True) -> None:
       {'what': 'gated_pixelcnn workdir', 'created': _now()}) + '\n')
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-  """Replaces ``path`` by ``text`` all at once: readers, and a crash, see
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+  """Replaces ``path`` by ``data`` all at once: readers, and a crash, see
   the old file or the new one, never a part."""
   path = epath.Path(path)
   tmp = path.parent / f'.{path.name}.{os.getpid()}.tmp'
-  tmp.write_text(text)
+  if isinstance(data, bytes):
+    tmp.write_bytes(data)
+  else:
+    tmp.write_text(data)
   tmp.replace(path)
 
 

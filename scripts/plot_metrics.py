@@ -5,17 +5,20 @@
 Needs matplotlib (`pip install -e ".[plot]"`).
 """
 
-import argparse
 import collections
 import glob
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 import matplotlib  # pylint: disable=g-import-not-at-top
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+_TITLE = flags.DEFINE_string('title', '', 'title of the plot')
 
 
 def read_scalars(workdir):
@@ -36,13 +39,12 @@ def read_scalars(workdir):
           for tag, points in series.items()}
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('workdir')
-  parser.add_argument('out')
-  parser.add_argument('--title', default='')
-  args = parser.parse_args()
-  scalars = read_scalars(args.workdir)
+def main(argv):
+  if len(argv) != 3:
+    raise app.UsageError(
+        f'expected the arguments WORKDIR OUT.png, got {argv[1:]}')
+  workdir, out = argv[1:]
+  scalars = read_scalars(workdir)
   fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
   for tag, style in (('train/bits_per_dim', dict(lw=1, alpha=0.7)),
                      ('eval/bits_per_dim', dict(marker='o', lw=2))):
@@ -55,13 +57,13 @@ def main():
                 xytext=(-10, 8), ha='right')
   ax.set_xlabel('training step')
   ax.set_ylabel('bits/dim')
-  ax.set_title(args.title)
+  ax.set_title(_TITLE.value)
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(args.out)
-  print(f'wrote {args.out}')
+  fig.savefig(out)
+  print(f'wrote {out}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

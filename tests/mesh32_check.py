@@ -20,6 +20,7 @@ jax.config.update('jax_num_cpu_devices', 32)
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import imagenet64  # pylint: disable=g-import-not-at-top
+from gated_pixelcnn import parallel  # pylint: disable=g-import-not-at-top
 from gated_pixelcnn import train  # pylint: disable=g-import-not-at-top
 
 NUM_STEPS = 2
@@ -39,7 +40,7 @@ def shrunk_config():
 
 
 def run(config, devices, batches):
-  trainer = train.Trainer(config, mesh=train.make_mesh(devices))
+  trainer = train.Trainer(config, mesh=parallel.make_mesh(devices))
   state = trainer.init(jax.random.PRNGKey(0))
   init = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
   losses, norms = [], []

@@ -16,12 +16,14 @@ import pytest
 from gated_pixelcnn import checkpointing
 from gated_pixelcnn import compression
 from gated_pixelcnn import container
+from gated_pixelcnn import image_files
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
+from gated_pixelcnn import modes
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
 from tests import fake_data
-from tests import runs
+from tests import helpers
 
 
 @pytest.fixture(scope='module')
@@ -419,10 +421,10 @@ def test_wrong_images_fail_clearly(codec, tmp_path):
   for name, (image, message) in cases.items():
     image.save(tmp_path / name)
     with pytest.raises(compression.CompressionError, match=message):
-      compression.read_image(tmp_path / name, (28, 28, 1))
+      image_files.read_image(tmp_path / name, (28, 28, 1))
   (tmp_path / 'notes.txt').write_text('not an image')
   with pytest.raises(compression.CompressionError, match='not an image file'):
-    compression.read_image(tmp_path / 'notes.txt', (28, 28, 1))
+    image_files.read_image(tmp_path / 'notes.txt', (28, 28, 1))
   with pytest.raises(compression.CompressionError, match='unique'):
     codec.compress(np.zeros((2, 28, 28, 1), np.uint8), ['a', 'a'])
 
@@ -481,35 +483,35 @@ def test_modes_round_trip_files_folders_and_splits(run, tmp_path):
   names = [f'shoe_{k:02d}' for k in range(12)]
   _png_folder(tmp_path / 'in', images, names)
   # A folder -> one file -> PNGs with the original names.
-  out = compression.compress_checkpoint(
+  out = modes.compress_checkpoint(
       _config(run, input=str(tmp_path / 'in'),
               output=str(tmp_path / 'all.gpx')), workdir)
   assert out == str(tmp_path / 'all.gpx')
-  compression.decompress_checkpoint(
+  modes.decompress_checkpoint(
       _config(run, input=out, output=str(tmp_path / 'back')), workdir)
   back = _read_pngs(tmp_path / 'back')
   assert sorted(back) == sorted(names)
   for k, name in enumerate(names):
     np.testing.assert_array_equal(back[name], images[k])
   # One file per image, decompressed as a folder; the older checkpoint.
-  compression.compress_checkpoint(
+  modes.compress_checkpoint(
       _config(run, input=str(tmp_path / 'in'), output=str(tmp_path / 'each'),
               per_image=True, num_images=3, step=2), workdir)
   assert sorted(os.listdir(tmp_path / 'each')) == [
       f'shoe_{k:02d}.gpx' for k in range(3)]
-  compression.decompress_checkpoint(
+  modes.decompress_checkpoint(
       _config(run, input=str(tmp_path / 'each'),
               output=str(tmp_path / 'each_back')), workdir)
   assert {k: v.tolist() for k, v in _read_pngs(tmp_path / 'each_back').items()
           } == {n: images[k].tolist() for k, n in enumerate(names[:3])}
   # The test split of the dataset, all 37 images.
-  out = compression.compress_checkpoint(
+  out = modes.compress_checkpoint(
       _config(run, input='tfds:test', output=str(tmp_path / 'test.gpx')),
       workdir)
-  compression.decompress_checkpoint(
+  modes.decompress_checkpoint(
       _config(run, input=out, output=str(tmp_path / 'test_back')), workdir)
   pngs = _read_pngs(tmp_path / 'test_back')
-  expected, _ = compression.load_inputs(_config(run, input='tfds:test'),
+  expected, _ = image_files.load_inputs(_config(run, input='tfds:test'),
                                         (28, 28, 1))[:2]
   assert len(pngs) == 37 == len(expected)
   np.testing.assert_array_equal(np.stack(list(pngs.values())), expected)
@@ -519,7 +521,7 @@ def test_modes_leave_nothing_behind_on_bad_input(run, tmp_path):
   config, workdir = run
   images = _images(4, seed=6)
   _png_folder(tmp_path / 'in', images, 'abcd')
-  good = compression.compress_checkpoint(
+  good = modes.compress_checkpoint(
       _config(run, input=str(tmp_path / 'in'),
               output=str(tmp_path / 'files' / 'good.gpx')), workdir)
   before = sorted(os.listdir(tmp_path))
@@ -535,34 +537,34 @@ def test_modes_leave_nothing_behind_on_bad_input(run, tmp_path):
 
   # A non-image among the inputs: nothing is coded or written.
   (tmp_path / 'in' / 'readme.txt').write_text('hello')
-  fails('readme.txt is not an image', mode=compression.compress_checkpoint,
+  fails('readme.txt is not an image', mode=modes.compress_checkpoint,
         input=str(tmp_path / 'in'), output=str(tmp_path / 'new.gpx'))
   os.remove(tmp_path / 'in' / 'readme.txt')
   # Never overwrite existing work.
-  fails('already exists', mode=compression.compress_checkpoint,
+  fails('already exists', mode=modes.compress_checkpoint,
         input=str(tmp_path / 'in'), output=good)
-  fails('set --config.compress.input', mode=compression.compress_checkpoint,
+  fails('set --config.compress.input', mode=modes.compress_checkpoint,
         output=str(tmp_path / 'new.gpx'))
-  fails("no split 'validation'", mode=compression.compress_checkpoint,
+  fails("no split 'validation'", mode=modes.compress_checkpoint,
         input='tfds:validation', output=str(tmp_path / 'new.gpx'))
   # A corrupted file next to a good one: no output folder at all.
   bad = bytearray(data)
   bad[len(bad) // 2] ^= 0xFF
   (tmp_path / 'files' / 'bad.gpx').write_bytes(bytes(bad))
   fails('bad.gpx is truncated or corrupted',
-        mode=compression.decompress_checkpoint,
+        mode=modes.decompress_checkpoint,
         input=str(tmp_path / 'files'), output=str(tmp_path / 'out'))
   os.remove(tmp_path / 'files' / 'bad.gpx')
   (tmp_path / 'files' / 'photo.gpx').write_bytes(
       (tmp_path / 'in' / 'a.png').read_bytes())
   fails('photo.gpx is not a gated_pixelcnn compressed file',
-        mode=compression.decompress_checkpoint,
+        mode=modes.decompress_checkpoint,
         input=str(tmp_path / 'files'), output=str(tmp_path / 'out'))
   os.remove(tmp_path / 'files' / 'photo.gpx')
   # Altered after writing, CRC-32 recomputed: the pixel digest stops it.
   (tmp_path / 'files' / 'altered.gpx').write_bytes(_altered_payload(data))
   fails('altered.gpx.*the file was altered',
-        mode=compression.decompress_checkpoint,
+        mode=modes.decompress_checkpoint,
         input=str(tmp_path / 'files' / 'altered.gpx'),
         output=str(tmp_path / 'out'))
   os.remove(tmp_path / 'files' / 'altered.gpx')
@@ -570,7 +572,7 @@ def test_modes_leave_nothing_behind_on_bad_input(run, tmp_path):
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'keep.png').write_bytes(b'mine')
   before = sorted(os.listdir(tmp_path))
-  fails('already exists', mode=compression.decompress_checkpoint,
+  fails('already exists', mode=modes.decompress_checkpoint,
         input=good, output=str(tmp_path / 'full'))
   assert os.listdir(tmp_path / 'full') == ['keep.png']
 
@@ -580,7 +582,7 @@ def test_decompress_checks_the_checkpoint_of_the_file(run, tmp_path):
   images = _images(3)
   codec = compression.Codec.from_workdir(config, workdir)
   (tmp_path / 'x.gpx').write_bytes(codec.compress(images))
-  decompress = lambda workdir: compression.decompress_checkpoint(  # pylint: disable=unnecessary-lambda-assignment
+  decompress = lambda workdir: modes.decompress_checkpoint(  # pylint: disable=unnecessary-lambda-assignment
       _config(run, input=str(tmp_path / 'x.gpx'),
               output=str(tmp_path / 'out')), workdir)
   with pytest.raises(checkpointing.CheckpointError,
@@ -598,7 +600,7 @@ def test_decompress_checks_the_checkpoint_of_the_file(run, tmp_path):
 
 def test_main_compress_and_decompress(run, tmp_path):
   config, workdir = run
-  env = runs.subprocess_env()
+  env = helpers.subprocess_env()
   out = tmp_path / 'five.gpx'
   logs = []
   for args in (['--mode=compress', '--config.compress.input=tfds:test',
@@ -606,8 +608,8 @@ def test_main_compress_and_decompress(run, tmp_path):
                 f'--config.compress.output={out}'],
                ['--mode=decompress', f'--config.compress.input={out}',
                 f'--config.compress.output={tmp_path / "five"}']):
-    proc = subprocess.run(runs.main_command(workdir, config, *args),
-                          cwd=runs.ROOT, env=env,
+    proc = subprocess.run(helpers.main_command(workdir, config, *args),
+                          cwd=helpers.ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs.append(proc.stderr)
@@ -615,10 +617,10 @@ def test_main_compress_and_decompress(run, tmp_path):
   assert 'matched its pixel digest' in logs[1]
   # A mistyped workdir is an error, not a new folder.
   proc = subprocess.run(
-      runs.main_command(tmp_path / 'typo', config, '--mode=decompress',
+      helpers.main_command(tmp_path / 'typo', config, '--mode=decompress',
             f'--config.compress.input={out}',
             f'--config.compress.output={tmp_path / "again"}'),
-      cwd=runs.ROOT, env=env, capture_output=True, text=True, timeout=300)
+      cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and 'no checkpoints in' in proc.stderr
   assert not (tmp_path / 'typo').exists() and not (tmp_path / 'again').exists()
   assert sorted(os.listdir(tmp_path / 'five')) == [

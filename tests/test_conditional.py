@@ -18,14 +18,16 @@ from configs import fashion_mnist_embedding_pixelcnn
 from configs import fashion_mnist_multiscale
 from gated_pixelcnn import checkpointing
 from gated_pixelcnn import conditioning
-from gated_pixelcnn import inference
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
+from gated_pixelcnn import modes
+from gated_pixelcnn import runs
 from gated_pixelcnn import sampling
+from gated_pixelcnn import steps
 from gated_pixelcnn import train
 from tests import draws
 from tests import influence
-from tests import runs
+from tests import helpers
 
 SMALL = dict(num_layers=2, features=6, kernel_size=3, first_kernel_size=3,
              head_features=6)
@@ -148,18 +150,18 @@ def _synthetic(num_classes=4, n=64, H=6, W=6, seed=0):
                                                                jnp.int32)
 
 
-def _fit(model, batch, steps=60, lr=1e-2):
+def _fit(model, batch, num_steps=60, lr=1e-2):
   """Trains ``model`` with the project's train step on one fixed batch."""
   tx = optax.adam(lr)
   params = model.init(jax.random.PRNGKey(0), batch['image'][:1], **{
-      k: v[:1] for k, v in train._model_kwargs(model, batch).items()}
+      k: v[:1] for k, v in steps.model_kwargs(model, batch).items()}
                       )['params']
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), ema_params=None,
                            rng=jax.random.PRNGKey(0))
-  step = jax.jit(lambda s, b: train.train_step(
+  step = jax.jit(lambda s, b: steps.train_step(
       s, b, model=model, tx=tx, schedule=lambda _: lr, ema_decay=0.0))
-  for _ in range(steps):
+  for _ in range(num_steps):
     state, metrics = step(state, batch)
   assert np.isfinite(float(metrics['bits_per_dim']))
   return state.params
@@ -167,7 +169,7 @@ def _fit(model, batch, steps=60, lr=1e-2):
 
 def _bits(model, params, batch):
   scale = np.prod(batch['image'].shape[1:]) * np.log(2)
-  return float(train.per_example_loss(model, params, batch).mean() / scale)
+  return float(steps.per_example_loss(model, params, batch).mean() / scale)
 
 
 def test_class_conditioning_is_used():
@@ -200,12 +202,12 @@ def test_gradients_reach_the_encoder_m_and_the_embedding_path():
       (models.ConditionalPixelCNN(**SMALL),
        {'image': images, 'cond': jnp.ones((4, 5), jnp.float32)})]:
     params = model.init(jax.random.PRNGKey(0), images[:1], **{
-        k: v[:1] for k, v in train._model_kwargs(model, batch).items()}
+        k: v[:1] for k, v in steps.model_kwargs(model, batch).items()}
                         )['params']
 
     def loss(params, cond=None):
       b = batch if cond is None else {**batch, 'cond': cond}
-      return train.per_example_loss(model, params, b).mean()
+      return steps.per_example_loss(model, params, b).mean()
 
     grads = jax.grad(loss)(params)
     paths = ['encoder', 'm'] if 'encoder' in params else [
@@ -226,16 +228,16 @@ def test_triplet_loss():
   e = jnp.asarray([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
   labels = jnp.asarray([0, 0, 1, 1])
   # Same-label pairs coincide, other labels are sqrt(2) apart: no loss.
-  np.testing.assert_allclose(train.triplet_losses(e, labels), 0.0, atol=1e-5)
+  np.testing.assert_allclose(steps.triplet_losses(e, labels), 0.0, atol=1e-5)
   # Swapped labels: d(a, p) = sqrt(2) and d(a, n) in {0, sqrt(2)}: the mean
   # of the two triplets' hinges.
   swapped = jnp.asarray([0, 1, 0, 1])
-  m = train.TRIPLET_MARGIN
-  np.testing.assert_allclose(train.triplet_losses(e, swapped),
+  m = steps.TRIPLET_MARGIN
+  np.testing.assert_allclose(steps.triplet_losses(e, swapped),
                              (np.sqrt(2) + m + m) / 2, rtol=1e-5)
   # Invalid (padding) rows neither count nor are counted.
   valid = jnp.asarray([True, True, True, False])
-  out = np.asarray(train.triplet_losses(e, labels, valid))
+  out = np.asarray(steps.triplet_losses(e, labels, valid))
   assert out[3] == 0 and out[2] == 0  # anchor 2 lost its only positive
 
 
@@ -277,11 +279,11 @@ def test_bad_conditioning_inputs():
     labelled.apply(v, images)
 
 
-def _on_fake_data(config, fake_config, **steps):
+def _on_fake_data(config, fake_config, **overrides):
   """``config`` shrunk to the fake dataset and a few steps."""
   for key in ('manual_dir', 'data_dir'):
     config[key] = fake_config[key]
-  config.num_train_steps = steps.get('steps', 2)
+  config.num_train_steps = overrides.get('steps', 2)
   config.eval_every_steps = config.checkpoint_every_steps = 2
   config.log_every_steps = 1
   config.batch_size = 8
@@ -305,11 +307,11 @@ def test_conditioning_run_must_exist_and_fit(fake_config, tmp_path):
   config = _on_fake_data(fashion_mnist_embedding_pixelcnn.get_config(),
                          fake_config)
   with pytest.raises(ValueError, match='needs a trained run'):
-    train.Trainer(config)
+    runs.make_trainer(config)
   config.conditioning.workdir = str(tmp_path / 'missing')
   with pytest.raises(checkpointing.CheckpointError, match='config.json not '
                      'found'):
-    train.Trainer(config)
+    runs.make_trainer(config)
   # A run folder with its config but no checkpoint.
   (tmp_path / 'empty').mkdir()
   conditioning.write_config(str(tmp_path / 'empty'),
@@ -317,32 +319,36 @@ def test_conditioning_run_must_exist_and_fit(fake_config, tmp_path):
                                           fake_config))
   config.conditioning.workdir = str(tmp_path / 'empty')
   with pytest.raises(checkpointing.CheckpointError, match='no checkpoint'):
-    train.Trainer(config)
+    runs.make_trainer(config)
   # A trained run of the wrong kind.
   plain = str(tmp_path / 'plain')
   train.train_and_evaluate(fake_config, plain)
   config.conditioning.workdir = plain
   with pytest.raises(ValueError, match='not an embedding network'):
-    train.Trainer(config)
+    runs.make_trainer(config)
   # Reading another run never moves its files: a corrupt newest checkpoint
   # is skipped, not moved aside.
-  runs.corrupt(checkpointing.checkpoint_dir(plain) / '4')
-  run = conditioning.load_run(plain, 'test run', 'configs/test.py')
+  helpers.corrupt(checkpointing.checkpoint_dir(plain) / '4')
+  run = runs.load_run(plain, 'test run', 'configs/test.py')
   assert run.step == 2
   assert sorted(os.listdir(checkpointing.checkpoint_dir(plain))) == ['2', '4']
   # Modes that need another kind of model say so.
   with pytest.raises(ValueError, match='needs an auto-encoder'):
-    inference.reconstruct_checkpoint(fake_config, plain)
+    modes.reconstruct_checkpoint(fake_config, plain)
   with pytest.raises(ValueError, match="needs a model conditioned on an "
                      "image's vector h"):
-    inference.embed_sample_checkpoint(fake_config, plain)
+    modes.embed_sample_checkpoint(fake_config, plain)
   config.conditioning.source = 'labels'
   with pytest.raises(ValueError, match='conditioning.source'):
-    train.Trainer(config)
+    runs.make_trainer(config)
   bad = _on_fake_data(fashion_mnist_multiscale.get_config('low'), fake_config)
   bad.subsample = 5
   with pytest.raises(ValueError, match='subsample = 5'):
-    train.Trainer(bad)
+    runs.make_trainer(bad)
+  # The Trainer takes the loaded run; nothing below the jobs loads one.
+  config.conditioning.source = 'embedding'
+  with pytest.raises(ValueError, match='with no conditioning run'):
+    train.Trainer(config)
 
 
 def _pngs(workdir):
@@ -362,20 +368,20 @@ def test_embedding_conditioning_end_to_end(fake_config, tmp_path):
   config.sample.num_samples = 2
   config.sample.num_completions = 2
   config.sample.num_interpolations = 3
-  metrics = train.train_and_evaluate(config, dir_)
+  metrics = modes.train_and_evaluate(config, dir_)
   assert 0 < metrics['bits_per_dim'] < 8.5
-  inference.embed_sample_checkpoint(config, dir_)
-  inference.interpolate_checkpoint(config, dir_)
+  modes.embed_sample_checkpoint(config, dir_)
+  modes.interpolate_checkpoint(config, dir_)
   assert _pngs(dir_) == ['embed_samples_00000002.png',
                          'interpolation_0_1_00000002.png']
   with pytest.raises(ValueError, match='--mode=complete is for'):
-    inference.complete_checkpoint(config, dir_)
+    modes.complete_checkpoint(config, dir_)
   config.sample.interpolate_pair = (0, 99)
   with pytest.raises(ValueError, match='index 99'):
-    inference.interpolate_checkpoint(config, dir_)
+    modes.interpolate_checkpoint(config, dir_)
   # The embedding network is not generative.
   with pytest.raises(ValueError, match='not a generative model'):
-    inference.sample_checkpoint(emb, emb_dir)
+    modes.sample_checkpoint(emb, emb_dir)
 
 
 def test_autoencoder_and_mse_baseline_end_to_end(fake_config, tmp_path):
@@ -388,13 +394,13 @@ def test_autoencoder_and_mse_baseline_end_to_end(fake_config, tmp_path):
   config.sample.num_completions = 2
   config.sample.mse_workdir = mse_dir
   train.train_and_evaluate(config, ae_dir)
-  path = inference.reconstruct_checkpoint(config, ae_dir)
+  path = modes.reconstruct_checkpoint(config, ae_dir)
   from PIL import Image  # pylint: disable=g-import-not-at-top
   # 2 rows of: image | MSE reconstruction | 2 samples, 28x28, 2-px gaps, x2.
   assert Image.open(path).size == (2 * (4 * 30 + 2), 2 * (2 * 30 + 2))
   config.sample.mse_workdir = ae_dir
   with pytest.raises(ValueError, match='not an mse_autoencoder'):
-    inference.reconstruct_checkpoint(config, ae_dir)
+    modes.reconstruct_checkpoint(config, ae_dir)
 
 
 def test_multiscale_end_to_end(fake_config, tmp_path):
@@ -405,14 +411,14 @@ def test_multiscale_end_to_end(fake_config, tmp_path):
   config.conditioning.workdir = low_dir
   config.sample.num_samples = 2
   config.sample.num_completions = 2
-  trainer = train.Trainer(config)
+  trainer = runs.make_trainer(config)
   # The given pixels (2i, 2j) are left out of the conditional NLL.
   mask = trainer.conditioner.nll_mask((28, 28, 1))
   assert mask.sum() == 28 * 28 - 14 * 14 and not mask[::2, ::2].any()
-  metrics = train.train_and_evaluate(config, high_dir)
+  metrics = modes.train_and_evaluate(config, high_dir)
   assert metrics['bits_per_dim_low_res'] == pytest.approx(
       low_metrics['bits_per_dim'])
   assert metrics['bits_per_dim_total'] == pytest.approx(
       metrics['bits_per_dim'] + low_metrics['bits_per_dim'] / 4)
-  path = inference.sample_checkpoint(config, high_dir)
+  path = modes.sample_checkpoint(config, high_dir)
   assert os.path.exists(path)

@@ -17,12 +17,13 @@ import pytest
 from gated_pixelcnn import checkpointing
 from gated_pixelcnn import distributed
 from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import records
 from gated_pixelcnn import train
-from tests import runs
+from tests import helpers
 from tests.conftest import requires_devices
 
-ROOT = runs.ROOT
-ENV = runs.subprocess_env()
+ROOT = helpers.ROOT
+ENV = helpers.subprocess_env()
 
 
 def test_imagenet64_config_on_32_devices_matches_one_device():
@@ -57,7 +58,7 @@ def _free_port() -> int:
 
 def _command(workdir, config, *flags):
   """test_train's main.py command, with evaluation only at the end."""
-  return runs.main_command(workdir, config,
+  return helpers.main_command(workdir, config,
                            '--config.eval_every_steps=100000', *flags)
 
 
@@ -167,8 +168,8 @@ def test_two_processes_preempted_resume_and_match_one_process(
                f'--config.num_train_steps={stop + 3}'),
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-4000:]
-  a, meta_a = runs.restore(fake_config, str(run))
-  b, meta_b = runs.restore(fake_config, str(single))
+  a, meta_a = helpers.restore(fake_config, str(run))
+  b, meta_b = helpers.restore(fake_config, str(single))
   assert int(a.step) == int(b.step) == stop + 3
   assert (meta_a['process_count'], meta_b['process_count']) == (2, 1)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -200,7 +201,7 @@ def test_fsdp_training_end_to_end(fake_config, tmp_path):
     assert os.listdir(os.path.join(workdir, 'samples'))
   assert results[True]['bits_per_dim'] == pytest.approx(
       results[False]['bits_per_dim'], rel=1e-5)
-  state, _ = runs.restore(fake_config, str(tmp_path / 'shardTrue'))
+  state, _ = helpers.restore(fake_config, str(tmp_path / 'shardTrue'))
   assert any('data' in x.sharding.spec
              for x in jax.tree_util.tree_leaves(state.params))
 
@@ -263,10 +264,10 @@ def test_data_prepared_on_only_some_hosts_is_a_clear_error(fake_config,
 
 def test_checkpoint_of_the_older_per_process_data_order_warns(fake_config,
                                                               caplog):
-  train._check_meta({'process_count': 2, 'seed': fake_config.seed},  # pylint: disable=protected-access
+  records.check_meta({'process_count': 2, 'seed': fake_config.seed},  # pylint: disable=protected-access
                     fake_config)
   assert 'older per-process data order' in caplog.text
   caplog.clear()
-  train._check_meta({'process_count': 2, 'data_order': train.DATA_ORDER},  # pylint: disable=protected-access
+  records.check_meta({'process_count': 2, 'data_order': records.DATA_ORDER},  # pylint: disable=protected-access
                     fake_config)
   assert 'data order' not in caplog.text

@@ -13,14 +13,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from gated_pixelcnn import compression
 from gated_pixelcnn import errors
-from gated_pixelcnn import inference
+from gated_pixelcnn import export
 from gated_pixelcnn import models
+from gated_pixelcnn import modes
 from gated_pixelcnn import pretrained
 from gated_pixelcnn import train
 from gated_pixelcnn import workdir
-from tests import runs
+from tests import helpers
 
 def _digest(folder) -> dict[str, str]:
   return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
@@ -33,7 +33,7 @@ def exported(fake_config, tmp_path):
   fake_config.ema_decay = 0.9
   run = str(tmp_path / 'run')
   train.train_and_evaluate(fake_config, run)
-  record = pretrained.export(fake_config, run, str(tmp_path / 'model'))
+  record = export.export(fake_config, run, str(tmp_path / 'model'))
   return tmp_path / 'model', record
 
 
@@ -52,7 +52,7 @@ def test_export_records_what_the_model_reaches(exported, fake_config):
       models.create_model(model.config.model), model.params, images)
   assert value == pytest.approx(record['bits_per_dim_first_500'], rel=1e-6)
   with pytest.raises(pretrained.PretrainedError, match='exists'):
-    pretrained.export(fake_config, str(folder.parent / 'run'), str(folder))
+    export.export(fake_config, str(folder.parent / 'run'), str(folder))
 
 
 def test_every_mode_runs_from_the_folder_without_writing_into_it(
@@ -61,20 +61,20 @@ def test_every_mode_runs_from_the_folder_without_writing_into_it(
   before = _digest(folder)
   config = pretrained.config_of(folder)
   out = str(tmp_path / 'out')
-  metrics = inference.evaluate_checkpoint(config, out)
+  metrics = modes.evaluate_checkpoint(config, out)
   assert metrics['bits_per_dim'] == pytest.approx(record['bits_per_dim'],
                                                   rel=1e-5)
   results = json.loads((tmp_path / 'out' / 'eval_results.json').read_text())
   assert results['step'] == 4
-  assert inference.sample_checkpoint(config, out).endswith('_00000004.png')
-  assert inference.complete_checkpoint(config, out).endswith('.png')
+  assert modes.sample_checkpoint(config, out).endswith('_00000004.png')
+  assert modes.complete_checkpoint(config, out).endswith('.png')
   config.compress.input = 'tfds:test'
   config.compress.num_images = 3
   config.compress.output = str(tmp_path / 'three.gpx')
-  compression.compress_checkpoint(config, out)
+  modes.compress_checkpoint(config, out)
   config.compress.input = str(tmp_path / 'three.gpx')
   config.compress.output = str(tmp_path / 'three')
-  compression.decompress_checkpoint(config, out)
+  modes.decompress_checkpoint(config, out)
   assert len(os.listdir(tmp_path / 'three')) == 3
   assert _digest(folder) == before
   # Training it further is not what the folder is for.
@@ -83,7 +83,7 @@ def test_every_mode_runs_from_the_folder_without_writing_into_it(
   # The folder itself is not an output folder.
   with pytest.raises(workdir.WorkdirError, match='not a gated_pixelcnn '
                      'workdir'):
-    inference.sample_checkpoint(config, str(folder))
+    modes.sample_checkpoint(config, str(folder))
   assert _digest(folder) == before
 
 
@@ -94,7 +94,7 @@ def test_the_command_line_samples_from_the_folder(exported, tmp_path):
       [sys.executable, '-m', 'gated_pixelcnn.main',
        f'--config={folder / "config.py"}', f'--workdir={tmp_path / "out"}',
        '--mode=sample', '--config.sample.num_samples=4'],
-      cwd=runs.ROOT, env=runs.subprocess_env(), capture_output=True,
+      cwd=helpers.ROOT, env=helpers.subprocess_env(), capture_output=True,
       text=True, timeout=240)
   assert out.returncode == 0, out.stderr[-3000:]
   assert os.listdir(tmp_path / 'out' / 'samples')

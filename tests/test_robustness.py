@@ -26,12 +26,13 @@ from gated_pixelcnn import checkpointing
 from gated_pixelcnn import compression
 from gated_pixelcnn import datasets
 from gated_pixelcnn import errors
-from gated_pixelcnn import inference
+from gated_pixelcnn import image_files
 from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import modes
 from gated_pixelcnn import train
 from gated_pixelcnn import workdir
 from tests import fake_data
-from tests import runs
+from tests import helpers
 
 
 def _listing(path):
@@ -91,7 +92,7 @@ def test_relative_workdirs_work(fake_config, tmp_path, monkeypatch):
   fake_config.num_train_steps = 2
   train.train_and_evaluate(fake_config, os.path.join('runs', 'rel'))
   assert _listing(tmp_path / 'runs' / 'rel' / 'checkpoints') == ['2']
-  metrics = inference.evaluate_checkpoint(fake_config, 'runs/rel')
+  metrics = modes.evaluate_checkpoint(fake_config, 'runs/rel')
   assert metrics['num_examples'] == 37
 
 
@@ -141,10 +142,10 @@ def test_jobs_run_alongside_training_without_touching_its_files(
   fake_config.num_train_steps = 4
   train.train_and_evaluate(fake_config, run)          # checkpoints 2 and 4
   results = (tmp_path / 'run' / 'eval_results.json').read_text()
-  runs.corrupt(checkpointing.checkpoint_dir(run) / '4')
+  helpers.corrupt(checkpointing.checkpoint_dir(run) / '4')
   with workdir.writer(run):   # a training run holds the workdir
-    metrics = inference.evaluate_checkpoint(fake_config, run)
-    grid = inference.sample_checkpoint(fake_config, run)
+    metrics = modes.evaluate_checkpoint(fake_config, run)
+    grid = modes.sample_checkpoint(fake_config, run)
   assert metrics['num_examples'] == 37
   assert grid.endswith('_00000002.png')               # step 2: 4 unreadable
   assert 'in use by another gated_pixelcnn process' in caplog.text
@@ -152,7 +153,7 @@ def test_jobs_run_alongside_training_without_touching_its_files(
   assert _listing(checkpointing.checkpoint_dir(run)) == ['2', '4']
   assert not (tmp_path / 'run' / 'checkpoints_corrupt').exists()
   # Alone, the job moves the unreadable checkpoint aside and writes results.
-  inference.evaluate_checkpoint(fake_config, run)
+  modes.evaluate_checkpoint(fake_config, run)
   assert _listing(checkpointing.checkpoint_dir(run)) == ['2']
   assert json.loads((tmp_path / 'run' / 'eval_results.json').read_text())[
       'step'] == 2
@@ -162,12 +163,12 @@ def test_two_training_commands_on_one_workdir(fake_config, tmp_path):
   """The second command exits at once with one line naming the first; the
   first trains on, stops on SIGTERM, and the same command resumes."""
   run = tmp_path / 'run'
-  env = runs.subprocess_env()
+  env = helpers.subprocess_env()
   long = ['--config.num_train_steps=100000',
           '--config.checkpoint_every_steps=100000',
           '--config.eval_every_steps=100000']
-  first = subprocess.Popen(runs.main_command(run, fake_config, *long),
-                           cwd=runs.ROOT, env=env, stdout=subprocess.DEVNULL,
+  first = subprocess.Popen(helpers.main_command(run, fake_config, *long),
+                           cwd=helpers.ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
   try:
     seen = ''
@@ -175,8 +176,8 @@ def test_two_training_commands_on_one_workdir(fake_config, tmp_path):
     while time.time() < deadline and 'train/bits_per_dim' not in seen:
       seen += first.stderr.readline()
     assert 'train/bits_per_dim' in seen, seen[-3000:]
-    second = subprocess.run(runs.main_command(run, fake_config, *long),
-                            cwd=runs.ROOT, env=env, capture_output=True,
+    second = subprocess.run(helpers.main_command(run, fake_config, *long),
+                            cwd=helpers.ROOT, env=env, capture_output=True,
                             text=True, timeout=240)
     assert second.returncode == 1
     assert f'in use by another gated_pixelcnn process (pid {first.pid}' in (
@@ -191,9 +192,9 @@ def test_two_training_commands_on_one_workdir(fake_config, tmp_path):
       first.kill()
   step = int(_listing(checkpointing.checkpoint_dir(run))[0])
   third = subprocess.run(
-      runs.main_command(run, fake_config,
+      helpers.main_command(run, fake_config,
                         f'--config.num_train_steps={step + 1}'),
-      cwd=runs.ROOT, env=env, capture_output=True, text=True, timeout=240)
+      cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert third.returncode == 0, third.stderr[-3000:]
   assert f'Resumed from step {step}' in third.stderr
 
@@ -206,7 +207,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path, caplog):
        'from gated_pixelcnn import workdir\n'
        'with workdir.writer(sys.argv[1]):\n'
        '  os.kill(os.getpid(), signal.SIGKILL)\n', run],
-      cwd=runs.ROOT, env=runs.subprocess_env(), capture_output=True,
+      cwd=helpers.ROOT, env=helpers.subprocess_env(), capture_output=True,
       timeout=120)
   assert killed.returncode == -signal.SIGKILL
   assert json.loads((tmp_path / 'run' / workdir.LOCK).read_text())['pid']
@@ -319,7 +320,7 @@ def test_a_failed_save_stops_the_run_and_the_process_exits(fake_config,
   out = subprocess.run(
       [sys.executable, '-c', _FAILING_SAVE, fake_config.manual_dir,
        fake_config.data_dir, str(tmp_path / 'run')],
-      cwd=runs.ROOT, env=runs.subprocess_env(), capture_output=True,
+      cwd=helpers.ROOT, env=helpers.subprocess_env(), capture_output=True,
       text=True, timeout=180)
   assert out.returncode == 3, out.stderr[-3000:]
   assert 'saving a checkpoint in' in out.stdout
@@ -382,7 +383,7 @@ def _silently_corrupt(config, run, step) -> None:
   args = ocp.args.Composite(
       state=ocp.args.StandardRestore(trainer.abstract_state))
   try:
-    good = runs.leaves(manager.restore(step, args=args)['state'])
+    good = helpers.leaves(manager.restore(step, args=args)['state'])
     folder = pathlib.Path(checkpointing.checkpoint_dir(run)) / str(step)
     data = max((p for p in folder.rglob('*') if p.is_file() and
                 'ocdbt.process_0' in p.parts), key=lambda p: p.stat().st_size)
@@ -392,7 +393,7 @@ def _silently_corrupt(config, run, step) -> None:
       flipped[offset] ^= 0x10
       data.write_bytes(bytes(flipped))
       try:
-        restored = runs.leaves(manager.restore(step, args=args)['state'])
+        restored = helpers.leaves(manager.restore(step, args=args)['state'])
       except Exception:  # pylint: disable=broad-except
         continue
       if any(not np.array_equal(a, b) for a, b in zip(good, restored)):
@@ -407,7 +408,7 @@ def test_a_silently_corrupted_checkpoint_is_caught_and_skipped(
   run = str(tmp_path / 'run')
   train.train_and_evaluate(fake_config, run)          # checkpoints 2 and 4
   _silently_corrupt(fake_config, run, 4)
-  state, _ = runs.restore(fake_config, run)
+  state, _ = helpers.restore(fake_config, run)
   assert int(state.step) == 2
   assert 'checkpoints/4 is unreadable' in caplog.text
   assert 'altered on disk' in caplog.text
@@ -463,11 +464,11 @@ def test_huge_images_are_refused_from_their_header(tmp_path):
   big.write_bytes(_png_header_only(12000, 12000))
   with pytest.raises(compression.CompressionError,
                      match='is 12000x12000 .*codes 28x28'):
-    compression.read_image(big, (28, 28, 1))
+    image_files.read_image(big, (28, 28, 1))
   bomb = tmp_path / 'bomb.png'
   bomb.write_bytes(_png_header_only(100000, 100000))
   with pytest.raises(compression.CompressionError, match='huge image'):
-    compression.read_image(bomb, (28, 28, 1))
+    image_files.read_image(bomb, (28, 28, 1))
 
 
 def test_bad_input_paths_for_compress(fake_config, tmp_path):
@@ -478,12 +479,12 @@ def test_bad_input_paths_for_compress(fake_config, tmp_path):
       os.path.join(os.fsencode(folder), b'\xff\xfe.png'))
   config.compress.input = str(folder)
   with pytest.raises(compression.CompressionError, match='not valid UTF-8'):
-    compression.load_inputs(config, (28, 28, 1))
+    image_files.load_inputs(config, (28, 28, 1))
   (tmp_path / 'a_file').write_text('x')
   config.compress.output = str(tmp_path / 'a_file' / 'sub' / 'out.gpx')
   with pytest.raises(compression.CompressionError,
                      match='which is a file, not a folder'):
-    compression._output(config, folder=False)  # pylint: disable=protected-access
+    image_files.output(config, folder=False)  # pylint: disable=protected-access
 
 
 def test_bad_dataset_files(fake_config, tmp_path):
@@ -534,8 +535,8 @@ def test_mistakes_are_one_line_with_the_right_exit_status(fake_config,
   ]
   for flags, status, message in cases:
     out = subprocess.run(
-        runs.main_command(tmp_path / 'default', fake_config, *flags),
-        cwd=runs.ROOT, env=runs.subprocess_env(), capture_output=True,
+        helpers.main_command(tmp_path / 'default', fake_config, *flags),
+        cwd=helpers.ROOT, env=helpers.subprocess_env(), capture_output=True,
         text=True, timeout=240)
     errors_printed = [line for line in out.stderr.splitlines()
                       if line.startswith('error: ')]
@@ -548,9 +549,9 @@ def test_mistakes_are_one_line_with_the_right_exit_status(fake_config,
   assert _listing(tmp_path / 'user') == ['config.json']
   # The environment variable brings the traceback back.
   out = subprocess.run(
-      runs.main_command(tmp_path / 'default', fake_config,
+      helpers.main_command(tmp_path / 'default', fake_config,
                         '--config.learning_rate=inf'),
-      cwd=runs.ROOT, env=runs.subprocess_env(GATED_PIXELCNN_TRACEBACK='1'),
+      cwd=helpers.ROOT, env=helpers.subprocess_env(GATED_PIXELCNN_TRACEBACK='1'),
       capture_output=True, text=True, timeout=240)
   assert out.returncode != 0 and 'Traceback' in out.stderr
   assert isinstance(errors.ConfigError('x'), ValueError)

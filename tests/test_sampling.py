@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gated_pixelcnn import inference
 from gated_pixelcnn import models
+from gated_pixelcnn import modes
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
 from tests import draws
-from tests import runs
+from tests import helpers
 
 CASES = [
     # (C, num_layers, kernel_size, first_kernel_size, classes, maps, H, W)
@@ -231,21 +231,21 @@ def test_sample_and_complete_modes_write_pngs_and_summaries(fake_config,
   fake_config.sample.num_samples = 4
   train.train_and_evaluate(fake_config, workdir)
   assert os.listdir(tmp_path / 'run' / 'samples') == ['samples_00000002.png']
-  path = inference.sample_checkpoint(fake_config, workdir)
+  path = modes.sample_checkpoint(fake_config, workdir)
   assert path.endswith('samples_cached_t1_00000002.png') and os.path.exists(
       path)
   fake_config.sample.num_completions = 2
-  path = inference.complete_checkpoint(fake_config, workdir)
+  path = modes.complete_checkpoint(fake_config, workdir)
   from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = np.asarray(Image.open(path))
   # 4 rows of original | occluded | 2 completions, 28x28 tiles, pad 2, x2.
   assert grid.shape == (2 * (4 * 30 + 2), 2 * (4 * 30 + 2))
-  assert {'samples', 'samples_cached_t1', 'completions'} <= runs.tags(workdir)
+  assert {'samples', 'samples_cached_t1', 'completions'} <= helpers.tags(workdir)
 
 
 def test_modes_without_checkpoint_fail_clearly(fake_config, tmp_path):
   from gated_pixelcnn import checkpointing  # pylint: disable=g-import-not-at-top
-  for mode in (inference.sample_checkpoint, inference.complete_checkpoint):
+  for mode in (modes.sample_checkpoint, modes.complete_checkpoint):
     with pytest.raises(checkpointing.CheckpointError, match='no checkpoint'):
       mode(fake_config, str(tmp_path / 'empty'))
 
@@ -263,12 +263,12 @@ def test_conditioning_inputs_must_match_the_variables():
 
 
 def test_class_conditional_sample_grid_has_one_row_per_class():
-  from gated_pixelcnn import generate  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import figures  # pylint: disable=g-import-not-at-top
   from configs import test as test_config  # pylint: disable=g-import-not-at-top
   model, variables, _ = _model_and_cond(1, 1, 3, 3, 3, False, 5, 4)
   sample_config = test_config.get_config().sample
   sample_config.num_samples = 6
-  grid = generate.sample_grid(model, variables['params'],
+  grid = figures.sample_grid(model, variables['params'],
                               jax.random.PRNGKey(0), (5, 4, 1), sample_config)
   # 3 classes x 2 samples, tiles of 5x4 with 2-pixel padding.
   assert grid.shape == (3 * 7 + 2, 2 * 6 + 2, 1)

@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 
 from gated_pixelcnn import checkpointing
-from gated_pixelcnn import inference
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import likelihood
+from gated_pixelcnn import modes
+from gated_pixelcnn import optim
+from gated_pixelcnn import parallel
 from gated_pixelcnn import train
+from gated_pixelcnn import validation
 
-from tests import runs
+from tests import helpers
 from tests.conftest import requires_devices
 
 
@@ -31,7 +34,7 @@ def test_train_and_evaluate_on_generated_data(fake_config, tmp_path):
   assert results['eval/bits_per_dim'] == pytest.approx(metrics['bits_per_dim'])
   assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ['2', '4']
   assert {'train/bits_per_dim', 'train/grad_norm', 'train/learning_rate',
-          'eval/bits_per_dim'} <= runs.tags(workdir)
+          'eval/bits_per_dim'} <= helpers.tags(workdir)
 
 
 def test_train_on_offline_fashion_mnist(fake_config, tmp_path):
@@ -64,19 +67,19 @@ def test_ema_is_the_weighted_average_from_the_first_step(fake_config):
   trainer = train.Trainer(fake_config)
   state = trainer.init(jax.random.PRNGKey(0))
   assert all(np.array_equal(a, b) for a, b in zip(
-      runs.leaves(trainer.eval_params(state)), runs.leaves(state.params)))
+      helpers.leaves(trainer.eval_params(state)), helpers.leaves(state.params)))
   batch = _fixed_batch(trainer)
   history = []
   for t in range(1, 6):
     state, _ = trainer.train_step(state, batch)
-    history.append(runs.leaves(state.params))
+    history.append(helpers.leaves(state.params))
     weights = [d ** (t - i) for i in range(1, t + 1)]
-    for k, got in enumerate(runs.leaves(trainer.eval_params(state))):
+    for k, got in enumerate(helpers.leaves(trainer.eval_params(state))):
       expected = sum(w * h[k] for w, h in zip(weights, history)) / sum(
           weights)
       np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
   # The average differs from the last params (it is an average) ...
-  assert not np.allclose(runs.leaves(trainer.eval_params(state))[0],
+  assert not np.allclose(helpers.leaves(trainer.eval_params(state))[0],
                          history[-1][0], rtol=0, atol=1e-7)
 
 
@@ -86,7 +89,7 @@ def test_learning_rate_schedules(fake_config, schedule):
   fake_config.num_train_steps = 1000
   fake_config.warmup_steps = 100
   fake_config.decay_fraction = 0.25
-  _, lr = train.create_optimizer(fake_config)
+  _, lr = optim.create_optimizer(fake_config)
   peak = fake_config.learning_rate
   assert float(lr(0)) == 0 and float(lr(50)) == pytest.approx(peak / 2)
   assert float(lr(100)) == pytest.approx(peak)
@@ -128,7 +131,7 @@ def test_all_devices_match_one(fake_config, shard_params):
   fake_config.shard_params_min_size = 0
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
-    trainer = train.Trainer(fake_config, mesh=train.make_mesh(devices))
+    trainer = train.Trainer(fake_config, mesh=parallel.make_mesh(devices))
     state = trainer.init(jax.random.PRNGKey(0))
     state, metrics = trainer.train_step(state, _fixed_batch(trainer))
     assert trainer.batch_sharding.mesh.size == len(devices)
@@ -143,7 +146,7 @@ def test_all_devices_match_one(fake_config, shard_params):
           assert x.addressable_shards[0].data.size * n == x.size
     else:
       assert not _split_arrays(state)
-    results.append((float(metrics['bits_per_dim']), runs.leaves(state.params)))
+    results.append((float(metrics['bits_per_dim']), helpers.leaves(state.params)))
   (loss1, params1), (loss_n, params_n) = results
   assert loss_n == pytest.approx(loss1, rel=1e-5)
   for a, b in zip(params1, params_n):
@@ -158,11 +161,11 @@ def test_microbatches_give_the_same_update(fake_config, devices, microbatches):
   for m in (1, microbatches):
     fake_config.microbatches = m
     trainer = train.Trainer(fake_config,
-                            mesh=train.make_mesh(jax.devices()[:devices]))
+                            mesh=parallel.make_mesh(jax.devices()[:devices]))
     state = trainer.init(jax.random.PRNGKey(0))
     state, metrics = trainer.train_step(state, _fixed_batch(trainer))
     results.append((float(metrics['bits_per_dim']),
-                    float(metrics['grad_norm']), runs.leaves(state.params)))
+                    float(metrics['grad_norm']), helpers.leaves(state.params)))
   (loss1, norm1, params1), (loss_m, norm_m, params_m) = results
   assert loss_m == pytest.approx(loss1, rel=1e-5)
   assert norm_m == pytest.approx(norm1, rel=1e-4)
@@ -182,7 +185,7 @@ def test_auto_microbatches(fake_config, devices, shape, platform,
                            microbatches, expected):
   fake_config.batch_size = 32
   fake_config.microbatches = microbatches
-  assert train.num_microbatches(fake_config, devices, shape,
+  assert parallel.num_microbatches(fake_config, devices, shape,
                                 platform) == expected
 
 
@@ -198,10 +201,10 @@ def test_shard_params_splits_large_arrays(fake_config):
   big = jax.ShapeDtypeStruct((3, 5, 64, 1024), jnp.float32)
   small = jax.ShapeDtypeStruct((7,), jnp.float32)
   P = jax.sharding.PartitionSpec
-  assert train.param_sharding(mesh, big, True).spec == P(None, None, None,
+  assert parallel.param_sharding(mesh, big, True).spec == P(None, None, None,
                                                          'data')
-  assert train.param_sharding(mesh, small, True).spec == P()
-  assert train.param_sharding(mesh, big, False).spec == P()
+  assert parallel.param_sharding(mesh, small, True).spec == P()
+  assert parallel.param_sharding(mesh, big, False).spec == P()
 
 
 class _Crash(Exception):
@@ -231,11 +234,11 @@ def test_resume_is_bit_identical(fake_config, tmp_path):
     train.train_and_evaluate(fake_config, resumed, [_crash_at(5)])
   assert sorted(os.listdir(checkpointing.checkpoint_dir(resumed))) == ['3']
   train.train_and_evaluate(fake_config, resumed)
-  a, meta_a = runs.restore(fake_config, straight)
-  b, meta_b = runs.restore(fake_config, resumed)
+  a, meta_a = helpers.restore(fake_config, straight)
+  b, meta_b = helpers.restore(fake_config, resumed)
   assert int(a.step) == int(b.step) == 6
   assert meta_a == meta_b and meta_a['process_count'] == 1
-  for x, y in zip(runs.leaves(a), runs.leaves(b)):
+  for x, y in zip(helpers.leaves(a), helpers.leaves(b)):
     assert x.dtype == y.dtype and np.array_equal(x, y)  # bit-identical
 
 
@@ -272,7 +275,7 @@ def test_bad_config_values(fake_config, key, value, message):
   node, _, leaf = key.rpartition('.')
   (fake_config[node] if node else fake_config)[leaf] = value
   with pytest.raises(ValueError, match=message):
-    train.validate_config(fake_config, num_devices=8)
+    validation.validate_config(fake_config, num_devices=8)
 
 
 @pytest.mark.parametrize('cores,cpu_devices,expected', [
@@ -281,18 +284,18 @@ def test_bad_config_values(fake_config, key, value, message):
 def test_cpu_device_count(fake_config, cores, cpu_devices, expected):
   # fake_config: batch_size 8, eval_batch_size 256.
   fake_config.cpu_devices = cpu_devices
-  assert train.cpu_device_count(fake_config, cores) == expected
+  assert parallel.cpu_device_count(fake_config, cores) == expected
 
 
 def test_cpu_devices_after_backend_start_is_a_warning_not_a_crash(
     fake_config):
   n = jax.device_count()  # backends are up
   fake_config.cpu_devices = 3
-  train.configure_cpu_devices(fake_config)
+  parallel.configure_cpu_devices(fake_config)
   assert jax.device_count() == n
   fake_config.cpu_devices = -2
   with pytest.raises(ValueError, match='cpu_devices = -2'):
-    train.configure_cpu_devices(fake_config)
+    parallel.configure_cpu_devices(fake_config)
 
 
 def test_cached_sampling_needs_the_gated_model(fake_config):
@@ -321,13 +324,13 @@ def test_corrupt_newest_checkpoint_falls_back_with_warning(
     fake_config, tmp_path, caplog):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(fake_config, workdir)      # checkpoints 2 and 4
-  runs.corrupt(checkpointing.checkpoint_dir(workdir) / '4')
+  helpers.corrupt(checkpointing.checkpoint_dir(workdir) / '4')
   fake_config.num_train_steps = 6
   train.train_and_evaluate(fake_config, workdir)
   assert 'checkpoints/4 is unreadable' in caplog.text
   moved = os.listdir(tmp_path / 'run' / 'checkpoints_corrupt')
   assert len(moved) == 1 and moved[0].startswith('4-')
-  state, _ = runs.restore(fake_config, workdir)
+  state, _ = helpers.restore(fake_config, workdir)
   assert int(state.step) == 6
 
 
@@ -345,7 +348,7 @@ def test_all_checkpoints_corrupt_is_a_clear_error(fake_config, tmp_path):
   workdir = str(tmp_path / 'run')
   fake_config.num_train_steps = 2
   train.train_and_evaluate(fake_config, workdir)
-  runs.corrupt(checkpointing.checkpoint_dir(workdir) / '2')
+  helpers.corrupt(checkpointing.checkpoint_dir(workdir) / '2')
   with pytest.raises(checkpointing.CheckpointError,
                      match=r'(?s)checkpoints/2: .*Move these folders'):
     train.train_and_evaluate(fake_config, workdir)
@@ -367,19 +370,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
 
 def test_eval_mode_without_checkpoint(fake_config, tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match='no checkpoint'):
-    inference.evaluate_checkpoint(fake_config, str(tmp_path / 'empty'))
+    modes.evaluate_checkpoint(fake_config, str(tmp_path / 'empty'))
 
 
 
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(fake_config, tmp_path):
   workdir = tmp_path / 'run'
-  env = runs.subprocess_env()
+  env = helpers.subprocess_env()
   proc = subprocess.Popen(
-      runs.main_command(workdir, fake_config, '--config.num_train_steps=100000',
+      helpers.main_command(workdir, fake_config, '--config.num_train_steps=100000',
             '--config.checkpoint_every_steps=100000',
             '--config.eval_every_steps=100000'),
-      cwd=runs.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      cwd=helpers.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
       text=True)
   deadline = time.time() + 240
   seen = ''
@@ -394,13 +397,13 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(fake_config, tmp_path):
   assert f'Stopped at step {steps[0]} on request' in err
   # Rerunning the same command resumes from there.
   out = subprocess.run(
-      runs.main_command(workdir, fake_config,
+      helpers.main_command(workdir, fake_config,
                         f'--config.num_train_steps={steps[0] + 2}'),
-      cwd=runs.ROOT, env=env, capture_output=True, text=True, timeout=240)
+      cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f'Resumed from step {steps[0]}' in out.stderr
   # main.py trains data-parallel over one CPU device per core.
-  devices = train.cpu_device_count(fake_config, train.num_cores())
+  devices = parallel.cpu_device_count(fake_config, parallel.num_cores())
   assert f'CpuDevice(id={devices - 1})' in out.stderr
   assert f'CpuDevice(id={devices})' not in out.stderr
   results = json.loads((workdir / 'eval_results.json').read_text())

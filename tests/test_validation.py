@@ -14,7 +14,7 @@ from gated_pixelcnn import errors
 from gated_pixelcnn import models
 from gated_pixelcnn import train
 from gated_pixelcnn import validation
-from tests import runs
+from tests import helpers
 
 VARIANTS = {'fashion_mnist_autoencoder': ('pixelcnn', 'mse'),
             'fashion_mnist_multiscale': ('low', 'high')}
@@ -22,7 +22,7 @@ VARIANTS = {'fashion_mnist_autoencoder': ('pixelcnn', 'mse'),
 
 def _all_configs():
   """(name, config) of every configs/*.py and each of its variants."""
-  for path in sorted(glob.glob(os.path.join(runs.ROOT, 'configs', '*.py'))):
+  for path in sorted(glob.glob(os.path.join(helpers.ROOT, 'configs', '*.py'))):
     name = os.path.basename(path)[:-3]
     if name == '__init__':
       continue

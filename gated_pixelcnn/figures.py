@@ -1,9 +1,11 @@
-"""Sample, completion, reconstruction and interpolation grids: what
+"""Figures: sample, completion, reconstruction and interpolation grids, what
 --mode=sample/complete/reconstruct/embed_sample/interpolate and training's
-periodic samples write to PNG and TensorBoard."""
+periodic samples write to PNG and TensorBoard, and the tiling and PNG
+writing they share."""
 
 from __future__ import annotations
 
+import io
 import math
 import time
 
@@ -13,14 +15,43 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from gated_pixelcnn import datasets
 from gated_pixelcnn import errors
-from gated_pixelcnn import grids
 from gated_pixelcnn import input_pipeline
 from gated_pixelcnn import sampling
+from gated_pixelcnn import workdir as workdir_lib
 
 OCCLUDED_VALUE = 128  # grey: how the hidden part of an image is shown
+
+
+def make_grid(images_RxKxHxWxC: np.ndarray, pad: int = 2,
+              pad_value: int = 255) -> np.ndarray:
+  """Tiles R rows of K images into one uint8 [H', W', C] image."""
+  images = np.asarray(images_RxKxHxWxC, np.uint8)
+  R, K, H, W, C = images.shape
+  grid = np.full((R * (H + pad) + pad, K * (W + pad) + pad, C), pad_value,
+                 np.uint8)
+  for r in range(R):
+    for k in range(K):
+      y, x = pad + r * (H + pad), pad + k * (W + pad)
+      grid[y:y + H, x:x + W] = images[r, k]
+  return grid
+
+
+def save_png(path: str, grid_HxWxC: np.ndarray, scale: int = 2) -> str:
+  """Writes a grid as PNG (nearest-neighbour upscaled by ``scale``)."""
+  grid = np.asarray(grid_HxWxC, np.uint8)
+  if scale > 1:
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+  image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  buffer = io.BytesIO()
+  image.save(buffer, format='PNG')
+  out = epath.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_atomic(out, buffer.getvalue())
+  return path
 
 
 def host_params(params):
@@ -50,10 +81,11 @@ def sample_grid(model, params, rng, image_shape, sample_config) -> np.ndarray:
   start = time.time()
   images = np.asarray(sampling.sample(
       model, {'params': params}, rng, num_samples=rows * cols,
-      image_shape=image_shape, labels=labels, **_sampling_kwargs(sample_config)))
+      image_shape=image_shape, labels=labels,
+      **_sampling_kwargs(sample_config)))
   logging.info('Sampled %d images (%s) in %.1f s.', rows * cols,
                sample_config.method, time.time() - start)
-  return grids.make_grid(images.reshape(rows, cols, *image_shape))
+  return make_grid(images.reshape(rows, cols, *image_shape))
 
 
 def completion_grid(model, params, rng, images, labels, num_rows: int,
@@ -77,7 +109,7 @@ def completion_grid(model, params, rng, images, labels, num_rows: int,
   rows = np.concatenate([
       images[:, None], occluded[:, None],
       completions.reshape(N, num_completions, H, W, C)], axis=1)
-  return grids.make_grid(rows)
+  return make_grid(rows)
 
 
 def write_grid(writer, workdir: str, step: int, name: str,
@@ -85,7 +117,7 @@ def write_grid(writer, workdir: str, step: int, name: str,
   """PNG under WORKDIR/samples/ and an image summary (process 0 only)."""
   path = str(epath.Path(workdir) / 'samples' / f'{name}_{step:08d}.png')
   if jax.process_index() == 0:
-    grids.save_png(path, grid)
+    save_png(path, grid)
     writer.write_images(step, {name: grid[None]})
     writer.flush()
     logging.info('Wrote %s', path)
@@ -182,7 +214,7 @@ def conditional_grid(trainer, params, rng, images, num_samples: int,
   samples = sample_given(trainer, params, rng, h, batch)
   columns = [images[:, None], *[np.asarray(c)[:, None] for c in extra_columns],
              samples.reshape(N, num_samples, *images.shape[1:])]
-  return grids.make_grid(np.concatenate(columns, axis=1))
+  return make_grid(np.concatenate(columns, axis=1))
 
 
 def multiscale_grid(trainer, params, rng, num_rows: int, num_samples: int
@@ -204,7 +236,7 @@ def multiscale_grid(trainer, params, rng, num_rows: int, num_samples: int
   samples = sample_given(trainer, params, high_rng,
                          conditioning_of(trainer, params, batch), batch)
   enlarged = low.repeat(f, axis=1).repeat(f, axis=2)[:, :H, :W]
-  return grids.make_grid(np.concatenate(
+  return make_grid(np.concatenate(
       [enlarged[:, None], samples.reshape(num_rows, num_samples, H, W, C)],
       axis=1))
 
@@ -239,5 +271,5 @@ def interpolation_grid(trainer, params, rng, image_a, image_b,
   samples = sample_given(trainer, params, rng, h_all)
   samples = samples.reshape(num_rows, num_points, *pair.shape[1:])
   ends = np.repeat(pair[None], num_rows, axis=0)
-  return grids.make_grid(np.concatenate(
+  return make_grid(np.concatenate(
       [ends[:, :1], samples, ends[:, 1:]], axis=1))

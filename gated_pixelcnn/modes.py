@@ -1,63 +1,48 @@
-"""Jobs on a trained workdir: --mode=eval, sample, complete, reconstruct,
-embed_sample and interpolate."""
+"""The --mode jobs of gated_pixelcnn.main: train; eval, sample, complete,
+reconstruct, embed_sample and interpolate on a trained workdir (or a
+pretrained folder); compress and decompress, with their files.
+
+Each job is a function (config, workdir); MODES maps the --mode names to
+them.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import time
+from typing import Callable, Iterable
 
 from absl import logging
 from clu import metric_writers
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gated_pixelcnn import checkpointing
-from gated_pixelcnn import conditioning
+from gated_pixelcnn import compression
 from gated_pixelcnn import errors
-from gated_pixelcnn import generate
-from gated_pixelcnn import grids
+from gated_pixelcnn import figures
+from gated_pixelcnn import image_files
 from gated_pixelcnn import input_pipeline
-from gated_pixelcnn import pretrained
+from gated_pixelcnn import records
+from gated_pixelcnn import runs
 from gated_pixelcnn import train
+from gated_pixelcnn import validation
 from gated_pixelcnn import workdir as workdir_lib
 
+CompressionError = compression.CompressionError
 
-def restore(config: ml_collections.ConfigDict, workdir: str,
-            read_only: bool = False, step: int | None = None,
-            trainer: train.Trainer | None = None
-            ) -> tuple[train.Trainer, train.TrainState]:
-  """The trainer for ``config`` and its state in ``workdir``: the newest
-  readable one, or that of ``step`` (``read_only``: see
-  `checkpointing.restore_latest`; a given step never moves files). With
-  ``config.pretrained`` set, the state of that pretrained folder."""
-  if trainer is None:
-    trainer = train.Trainer(config)
-  if config.get('pretrained'):
-    return trainer, pretrained.state(config, trainer, step)
-  if (step is not None or read_only) and not (
-      checkpointing.checkpoint_dir(workdir).exists()):
-    raise checkpointing.CheckpointError(
-        f'no checkpoints in {checkpointing.checkpoint_dir(workdir)}: point '
-        '--workdir at a trained run.')
-  manager = checkpointing.create_manager(workdir, config.max_to_keep)
-  layout = train.state_config(config)
-  try:
-    if step is not None:
-      return trainer, checkpointing.restore_step(
-          manager, workdir, trainer.abstract_state, step, expected_meta=layout)
-    restored = checkpointing.restore_latest(manager, workdir,
-                                            trainer.abstract_state,
-                                            read_only=read_only,
-                                            expected_meta=layout)
-  finally:
-    manager.close()
-  if restored is None:
-    raise checkpointing.CheckpointError(
-        f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}; train '
-        f'first (--mode=train) or point --workdir at a trained run.')
-  return trainer, restored[0]
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       extra_hooks: Iterable[Callable[[int], None]] = ()
+                       ) -> dict[str, float]:
+  """--mode=train: `train.train_and_evaluate` with the run the model is
+  conditioned on, if any, loaded first (runs.load_conditioning)."""
+  validation.validate_config(config)   # before loading any other run
+  return train.train_and_evaluate(
+      config, workdir, extra_hooks,
+      conditioning_run=runs.load_conditioning(config))
 
 
 def _writes_workdir(mode: Callable) -> Callable:
@@ -87,15 +72,15 @@ def _writer(workdir):
 def evaluate_checkpoint(config: ml_collections.ConfigDict,
                         workdir: str, alone: bool = True) -> dict[str, float]:
   """--mode=eval: exact test bits/dim of the newest checkpoint in workdir."""
-  trainer, state = restore(config, workdir, read_only=not alone)
+  trainer, state = runs.restore(config, workdir, read_only=not alone)
   builder = input_pipeline.get_builder(config)
   metrics = trainer.evaluate_split(trainer.eval_params(state), builder)
   step = int(state.step)
   writer = _writer(workdir)
-  writer.write_scalars(step, train.eval_scalars(metrics))
+  writer.write_scalars(step, records.eval_scalars(metrics))
   writer.flush()
   if alone:
-    train.write_eval_results(workdir, step, metrics, config)
+    records.write_eval_results(workdir, step, metrics, config)
   else:
     logging.info('Test %s at step %d: %s (not written to eval_results.json, '
                  'which belongs to the training run).', trainer.metric, step,
@@ -112,24 +97,24 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   multi-scale: low-resolution samples, then full-size samples given each;
   auto-encoder and embedding models: test images | samples given their h.
   """
-  trainer, state = restore(config, workdir, read_only=not alone)
-  if not generate.can_sample(trainer):
+  trainer, state = runs.restore(config, workdir, read_only=not alone)
+  if not figures.can_sample(trainer):
     raise errors.ConfigError(
         f'model.name = {config.model.name!r} is not a generative model; '
         '--mode=reconstruct shows what the MSE auto-encoder does, '
         '--mode=eval the embedding network\'s triplet loss.')
   step = int(state.step)
   rng = _rng(config, step)
-  params = generate.host_params(trainer.eval_params(state))
+  params = figures.host_params(trainer.eval_params(state))
   if trainer.conditioner.source == 'subsample':
-    grid = generate.multiscale_grid(trainer, params, rng,
+    grid = figures.multiscale_grid(trainer, params, rng,
                                     config.sample.num_samples,
                                     config.sample.num_completions)
   else:
-    grid = generate.samples_grid(trainer, params, rng,
+    grid = figures.samples_grid(trainer, params, rng,
                                  input_pipeline.get_builder(config))
   name = f'samples_{config.sample.method}_t{config.sample.temperature:g}'
-  return generate.write_grid(_writer(workdir), workdir, step, name, grid)
+  return figures.write_grid(_writer(workdir), workdir, step, name, grid)
 
 
 def _rng(config, step):
@@ -145,7 +130,7 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
   sample.mse_workdir, if set) | PixelCNN-decoder samples given its h. On an
   MSE auto-encoder's own workdir: image | reconstruction.
   """
-  trainer, state = restore(config, workdir, read_only=not alone)
+  trainer, state = runs.restore(config, workdir, read_only=not alone)
   model = trainer.model
   if not (model.has_encoder or model.objective == 'mse'):
     raise errors.ConfigError(
@@ -153,17 +138,17 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
         f'pixelcnn_autoencoder or mse_autoencoder), not '
         f'{config.model.name!r}.')
   builder = input_pipeline.get_builder(config)
-  images, _ = generate.test_images(trainer, builder, config.sample.num_samples,
+  images, _ = figures.test_images(trainer, builder, config.sample.num_samples,
                                    per_class=True)
-  params = generate.host_params(trainer.eval_params(state))
+  params = figures.host_params(trainer.eval_params(state))
   step = int(state.step)
   if model.objective == 'mse':
-    grid = grids.make_grid(np.stack(
+    grid = figures.make_grid(np.stack(
         [images, mse_reconstruction(model, params, images)], axis=1))
   else:
     extra = []
     if config.sample.mse_workdir:
-      run = conditioning.load_run(
+      run = runs.load_run(
           config.sample.mse_workdir, 'MSE auto-encoder baseline',
           'configs/fashion_mnist_autoencoder.py:mse')
       if run.trainer.model.objective != 'mse':
@@ -172,14 +157,14 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
             f'holds a {run.config.model.name!r} run, not an '
             'mse_autoencoder.')
       extra.append(mse_reconstruction(
-          run.trainer.model, generate.host_params(run.params), images))
+          run.trainer.model, figures.host_params(run.params), images))
     else:
       logging.warning('sample.mse_workdir is not set: the figure has no MSE '
                       'baseline column.')
-    grid = generate.conditional_grid(trainer, params, _rng(config, step),
+    grid = figures.conditional_grid(trainer, params, _rng(config, step),
                                      images, config.sample.num_completions,
                                      extra_columns=extra)
-  return generate.write_grid(_writer(workdir), workdir, step, 'reconstructions',
+  return figures.write_grid(_writer(workdir), workdir, step, 'reconstructions',
                              grid)
 
 
@@ -208,13 +193,13 @@ def embed_sample_checkpoint(config: ml_collections.ConfigDict,
   Rows of: a test image (one per class in turn) | sample.num_completions
   samples given its embedding.
   """
-  trainer, state = restore(config, workdir, read_only=not alone)
+  trainer, state = runs.restore(config, workdir, read_only=not alone)
   _check_vector_conditioned(trainer, 'embed_sample')
   step = int(state.step)
-  grid = generate.samples_grid(
-      trainer, generate.host_params(trainer.eval_params(state)),
+  grid = figures.samples_grid(
+      trainer, figures.host_params(trainer.eval_params(state)),
       _rng(config, step), input_pipeline.get_builder(config))
-  return generate.write_grid(_writer(workdir), workdir, step, 'embed_samples',
+  return figures.write_grid(_writer(workdir), workdir, step, 'embed_samples',
                              grid)
 
 
@@ -223,7 +208,7 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
                            workdir: str, alone: bool = True) -> str:
   """--mode=interpolate: samples along the line between the h of two test
   images (sample.interpolate_pair, indices into the test split)."""
-  trainer, state = restore(config, workdir, read_only=not alone)
+  trainer, state = runs.restore(config, workdir, read_only=not alone)
   _check_vector_conditioned(trainer, 'interpolate')
   a, b = config.sample.interpolate_pair
   builder = input_pipeline.get_builder(config)
@@ -236,11 +221,11 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
           f'in the test split (0..{len(source) - 1}).')
   image_a, image_b = (ex['image'] for ex in source.__getitems__([a, b]))
   step = int(state.step)
-  grid = generate.interpolation_grid(
-      trainer, generate.host_params(trainer.eval_params(state)),
+  grid = figures.interpolation_grid(
+      trainer, figures.host_params(trainer.eval_params(state)),
       _rng(config, step), image_a, image_b, config.sample.num_interpolations,
       config.sample.num_completions)
-  return generate.write_grid(_writer(workdir), workdir, step,
+  return figures.write_grid(_writer(workdir), workdir, step,
                              f'interpolation_{a}_{b}', grid)
 
 
@@ -248,9 +233,9 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
 def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         alone: bool = True) -> str:
   """--mode=complete: test images with their lower part sampled again."""
-  trainer, state = restore(config, workdir, read_only=not alone)
-  if generate.is_conditioned_on_images(trainer.model) or not (
-      generate.can_sample(trainer)):
+  trainer, state = runs.restore(config, workdir, read_only=not alone)
+  if figures.is_conditioned_on_images(trainer.model) or not (
+      figures.can_sample(trainer)):
     raise errors.ConfigError(
         f'--mode=complete is for unconditional and class-conditional models; '
         f'for {config.model.name!r} use --mode=sample (samples given the h '
@@ -262,15 +247,119 @@ def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if not 0 <= num_rows <= H:
     raise errors.ConfigError(
         f'sample.observed_rows = {num_rows} must be in 0..{H}.')
-  images, labels = generate.test_images(
+  images, labels = figures.test_images(
       trainer, input_pipeline.get_builder(config), config.sample.num_samples)
   f = config.get('subsample', 1)
   images = images[:, ::f, ::f]
   step = int(state.step)
-  grid = generate.completion_grid(
-      trainer.model, generate.host_params(trainer.eval_params(state)),
+  grid = figures.completion_grid(
+      trainer.model, figures.host_params(trainer.eval_params(state)),
       _rng(config, step), images,
       labels if trainer.model.num_classes else None, num_rows,
       config.sample.num_completions, config.sample)
-  return generate.write_grid(_writer(workdir), workdir, step, 'completions',
+  return figures.write_grid(_writer(workdir), workdir, step, 'completions',
                              grid)
+
+
+# ------------------------------------------------ compress and decompress
+
+
+def _check_one_process() -> None:
+  if jax.process_count() > 1:
+    raise CompressionError(
+        'compress and decompress run in one process: start them without '
+        '--distributed (one host codes a file in sequence).')
+
+
+def compress_checkpoint(config: ml_collections.ConfigDict,
+                        workdir: str) -> str:
+  """--mode=compress: compress.input -> compress.output (a .gpx file, or with
+  compress.per_image a folder of one .gpx per image)."""
+  _check_one_process()
+  per_image = config.compress.per_image
+  out = image_files.output(config, folder=per_image)
+  trainer = runs.make_trainer(config)
+  codec = compression.Codec.from_workdir(config, workdir, config.compress.step,
+                             trainer=trainer)
+  images, names, what = image_files.load_inputs(config,
+                                                trainer.spec.image_shape)
+  if per_image and names is None:
+    names = [f'{k:05d}' for k in range(len(images))]
+  logging.info('Compressing %s with the model of step %d (fingerprint %s).',
+               what, codec.step, codec.fingerprint.hex())
+  start = time.time()
+  if per_image:
+    files = codec.compress_each(images, names, progress=True)
+    image_files.write_folder(out, {f'{s}{compression.SUFFIX}': d
+                                   for s, d in zip(names, files)})
+    size = sum(len(d) for d in files)
+  else:
+    data = codec.compress(images, names, progress=True)
+    image_files.write_file(out, data)
+    size = len(data)
+  logging.info('Wrote %s: %d images, %d bytes, %.4f bits/dim (header '
+               'included), %.1f images/s.', out, len(images), size,
+               8 * size / images.size, len(images) / (time.time() - start))
+  return str(out)
+
+
+def decompress_checkpoint(config: ml_collections.ConfigDict,
+                          workdir: str) -> str:
+  """--mode=decompress: compress.input (a .gpx file or a folder of them) ->
+  PNG files in the new folder compress.output. Uses the checkpoint step the
+  files name (compress.step is ignored)."""
+  _check_one_process()
+  spec = config.compress.input
+  if not spec:
+    raise CompressionError('set --config.compress.input: a .gpx file or a '
+                           'folder of them.')
+  src = epath.Path(spec)
+  if not src.exists():
+    raise CompressionError(f'compress.input {spec} does not exist.')
+  out = image_files.output(config, folder=True)
+  paths = (image_files.list_files(src, compression.SUFFIX) if src.is_dir()
+           else [src])
+  blobs = {p: p.read_bytes() for p in paths}
+  headers = {p: compression.read_header(d, str(p)) for p, d in blobs.items()}
+  run_steps = sorted({h.step for h in headers.values()})
+  if len(run_steps) > 1:
+    raise CompressionError(f'{spec} holds files of several checkpoint steps '
+                           f'{run_steps}; decompress them separately.')
+  if config.compress.step is not None and config.compress.step != run_steps[0]:
+    logging.warning('compress.step = %d is ignored: the files name step %d.',
+                    config.compress.step, run_steps[0])
+  codec = compression.Codec.from_workdir(config, workdir, run_steps[0])
+  for p, h in headers.items():   # all checked before any decoding
+    codec.check_header(h, str(p))
+  pngs, start, count = {}, time.time(), 0
+  for p, data in blobs.items():
+    images, names = codec.decompress(data, progress=len(paths) == 1,
+                                     what=str(p))
+    if names is None:
+      width = max(5, len(str(len(images) - 1)))
+      names = [f'{k:0{width}d}' for k in range(len(images))]
+      if len(paths) > 1:
+        names = [p.stem] if len(images) == 1 else [
+            f'{p.stem}_{x}' for x in names]
+    for name, image in zip(names, images):
+      if f'{name}.png' in pngs:
+        raise CompressionError(f'two images decode to {name}.png; decompress '
+                               'the files separately.')
+      pngs[f'{name}.png'] = image_files.png(image)
+    count += len(images)
+  image_files.write_folder(out, pngs)
+  logging.info('Decompressed %d images into %s (%.1f images/s); every chunk '
+               'matched its pixel digest.', count, out,
+               count / (time.time() - start))
+  return str(out)
+
+
+MODES = {'train': train_and_evaluate,
+         'eval': evaluate_checkpoint,
+         'sample': sample_checkpoint,
+         'complete': complete_checkpoint,
+         'reconstruct': reconstruct_checkpoint,
+         'embed_sample': embed_sample_checkpoint,
+         'interpolate': interpolate_checkpoint,
+         'compress': compress_checkpoint,
+         'decompress': decompress_checkpoint}
