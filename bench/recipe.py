@@ -47,6 +47,7 @@ CANDIDATES = {
     'adam_1e-3': {'optimizer': 'adam', 'learning_rate': 1e-3},
     'adam_2e-3': {'optimizer': 'adam', 'learning_rate': 2e-3},
     'adam_4e-3': {'optimizer': 'adam', 'learning_rate': 4e-3},
+    'adam_8e-3': {'optimizer': 'adam', 'learning_rate': 8e-3},
     'adam_2e-3_ema': {'optimizer': 'adam', 'learning_rate': 2e-3,
                       'ema_decay': 0.999},
     'adam_2e-3_ema995': {'optimizer': 'adam', 'learning_rate': 2e-3,

@@ -22,6 +22,7 @@ from gated_pixelcnn import train
 from gated_pixelcnn import workdir
 from tests import helpers
 
+
 def _digest(folder) -> dict[str, str]:
   return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
           for p in sorted(pathlib.Path(folder).iterdir())}
