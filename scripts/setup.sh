@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Sets up everything from nothing (Debian/Ubuntu, Python >= 3.11):
 #   * Debian's dataset-fashion-mnist (the offline default dataset), if missing;
-#   * .venv in the checkout with the package installed (editable) and,
-#     with `--test`, its test extra.
+#   * .venv in the checkout with the package installed (editable), the JAX
+#     build for the machine's accelerator (scripts/accelerator.sh: an NVIDIA
+#     GPU gets .[cuda], a Cloud TPU VM .[tpu]; ACCELERATOR=cpu|cuda|tpu
+#     overrides) and, with `--test`, the test extra.
 # Safe to rerun. Source of truth for scripts/train.sh and scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+accel=$(bash scripts/accelerator.sh)
+extras=()
+[ "${1:-}" = "--test" ] && extras+=(test)
+[ "$accel" != cpu ] && extras+=("$accel")
 extra=""
-[ "${1:-}" = "--test" ] && extra="[test]"
+if [ ${#extras[@]} -gt 0 ]; then
+  extra="[$(IFS=,; echo "${extras[*]}")]"
+fi
 
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -29,4 +37,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
+echo "Installing gated_pixelcnn${extra} for accelerator: $accel ..." >&2
 .venv/bin/python -m pip install --quiet -e ".${extra}"

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 workdir=${1:-workdirs/default}
 shift || true
 bash scripts/setup.sh
-export CUDA_VISIBLE_DEVICES="" TF_CPP_MIN_LOG_LEVEL=2
+# main.py keeps TensorFlow (tf.data only) off the GPUs; JAX uses them.
+export TF_CPP_MIN_LOG_LEVEL=2
 exec .venv/bin/python -m gated_pixelcnn.main --config=configs/default.py \
   --workdir="$workdir" "$@"

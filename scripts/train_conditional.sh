@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 runs=${1:-workdirs/conditional}
 steps=${2:-600}
 bash scripts/setup.sh >/dev/null
-export CUDA_VISIBLE_DEVICES="" TF_CPP_MIN_LOG_LEVEL=2
+# main.py keeps TensorFlow (tf.data only) off the GPUs; JAX uses them.
+export TF_CPP_MIN_LOG_LEVEL=2
 main() { .venv/bin/python -m gated_pixelcnn.main "$@"; }
 budget=(--config.num_train_steps="$steps" --config.eval_every_steps="$steps")
 
