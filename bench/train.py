@@ -13,7 +13,7 @@ resident memory (RSS) is its own. The step is the real `steps.train_step`
 with its state donated; timing starts after compilation and --warmup steps,
 covers --windows windows of --steps steps each (blocking once per window,
 as training does) and reports the median window. FLOPs are analytic (the
-cost model of PAPER.md, `gated_pixelcnn.cost`); "% of matmul" divides the
+cost model of `gated_pixelcnn.cost`); "% of matmul" divides the
 achieved FLOP/s by this machine's float32 matmul rate measured in the same
 run (a 2048^2 XLA matmul, best of 10). The JAX step runs as training runs it
 on this host: over config.cpu_devices (one per core) and in

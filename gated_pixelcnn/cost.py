@@ -1,9 +1,9 @@
 """Analytic cost of the models: multiply-adds per pixel and FLOPs per image.
 
-The cost model of PAPER.md section 3: every convolution counted at its full
-kernel size (masked taps included, as the paper's 42 p^2 per layer does), a
-multiply-add is 2 FLOPs, and a training step (forward, backward to the
-activations, backward to the weights) costs 3x the forward pass. For the
+The cost model: every convolution counted at its full kernel size (masked
+taps included, as the paper's 42 p^2 per layer does), a multiply-add is 2
+FLOPs, and a training step (forward, backward to the activations, backward
+to the weights) costs 3x the forward pass. For the
 Gated PixelCNN with k = 5 a middle layer costs exactly 42 p^2 multiply-adds
 per pixel: vertical 3x5 (p -> 2p) 30 p^2, horizontal 1x3 6 p^2, v->h 4 p^2,
 residual p^2, skip p^2.

@@ -1,7 +1,7 @@
 """Causal building blocks: masked convolutions, the gated unit, the gated
 block, and the PixelRNN baselines' Row LSTM and Diagonal BiLSTM layers.
 
-Conventions used throughout (shapes in names, see STYLE.md):
+Conventions used throughout (shapes in names):
 
 * Sub-pixels are ordered in raster order, then by colour channel (R, G, B).
 * Feature maps that may read the current pixel are split into ``num_colors``

@@ -46,7 +46,7 @@ def test_a_middle_layer_costs_42_p_squared():
 
 
 def test_paper_size_forward_flops():
-  """PAPER.md: about 255 GFLOP per 32x32 image forward at p=384, 20 layers.
+  """About 255 GFLOP per 32x32 image forward at p=384, 20 layers.
 
   That estimate is 2 x 42 p^2 x 20 x 32 x 32; the exact count is 244 GFLOP
   because the first layer reads 3 channels, not p, and the last layer has no
