@@ -13,9 +13,9 @@ the temperature is 0) and written to an integer canvas. Two methods:
   of pixel (i, j) the parts of the horizontal stack that its channels cannot
   change (conv taps to the left, link, bias, conditioning) are summed once;
   each channel step then computes only what the new sub-pixel changes: the
-  conv's current-pixel tap, the gates, the 1x1s and the head at that pixel. Zero padding of the full
-  model is reproduced by zero-initialised caches: nothing (no bias) is
-  inserted where the model shifts or pads.
+  conv's current-pixel tap, the gates, the 1x1s and the head at that pixel.
+  Zero padding of the full model is reproduced by zero-initialised caches:
+  nothing (no bias) is inserted where the model shifts or pads.
 
 With the same key both methods return the same images.
 
@@ -45,6 +45,11 @@ Array = jax.Array
 METHODS = ('naive', 'cached')
 # Quantised distributions given to an entropy coder sum to 2**PRECISION_BITS.
 PRECISION_BITS = 20
+# The samplers and the coder multiply in full float32 on every platform (not
+# in TF32 or bfloat16 passes, which GPUs and TPUs may use by default): the
+# naive and cached programs then differ only by summation order, as on a
+# CPU, and the coder's frequencies come from the same arithmetic anywhere.
+MATMUL_PRECISION = 'highest'
 
 
 # ------------------------------------------------------------- public API
@@ -113,11 +118,12 @@ def complete(model, variables, rng: Array, images: Array, num_observed: int,
   cond = {'labels': labels, 'cond_vector': cond_vector, 'cond_maps': cond_maps}
   cond = {k: v for k, v in cond.items() if v is not None}
   run = _naive if method == 'naive' else _cached
-  out = run(model, variables, rng, images.astype(jnp.int32),
-            jnp.asarray(num_observed, jnp.int32),
-            jnp.asarray(temperature, jnp.float32),
-            'greedy' if temperature == 0 else 'sample', cond,
-            jnp.asarray(fixed, bool))
+  with jax.default_matmul_precision(MATMUL_PRECISION):
+    out = run(model, variables, rng, images.astype(jnp.int32),
+              jnp.asarray(num_observed, jnp.int32),
+              jnp.asarray(temperature, jnp.float32),
+              'greedy' if temperature == 0 else 'sample', cond,
+              jnp.asarray(fixed, bool))
   return out.astype(jnp.uint8)
 
 
@@ -156,9 +162,10 @@ def run_coder(model, variables, coder: Callable[[int, np.ndarray], np.ndarray],
   with _coder_lock:   # one coder at a time (the callback reads _coder)
     _coder, _coder_error[:] = coder, []
     try:
-      out = loop(model, variables, jax.random.PRNGKey(0), canvas,
-                 jnp.asarray(0, jnp.int32), jnp.asarray(1.0, jnp.float32),
-                 'code', {}, jnp.zeros((H, W, C), bool))
+      with jax.default_matmul_precision(MATMUL_PRECISION):
+        out = loop(model, variables, jax.random.PRNGKey(0), canvas,
+                   jnp.asarray(0, jnp.int32), jnp.asarray(1.0, jnp.float32),
+                   'code', {}, jnp.zeros((H, W, C), bool))
       out = np.asarray(out).astype(np.uint8)
       error = _coder_error[0] if _coder_error else None
     finally:

@@ -2,7 +2,7 @@
 
 Every test perturbs each sub-pixel of a small image in turn (all of them, not a
 sample) and compares the logits bit for bit in float32 on CPU, each image
-computed by the same program at batch 1 (tests/influence.py).
+computed by the same program at batch 1 (gated_pixelcnn/influence.py).
 """
 
 import jax.numpy as jnp
@@ -11,9 +11,9 @@ import pytest
 
 from gated_pixelcnn import layers
 from gated_pixelcnn import models
-from tests.influence import causal_order
-from tests.influence import gated_receptive_field
-from tests.influence import influence
+from gated_pixelcnn.influence import causal_order
+from gated_pixelcnn.influence import gated_receptive_field
+from gated_pixelcnn.influence import influence
 
 
 GATED_CASES = [

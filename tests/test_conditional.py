@@ -18,6 +18,7 @@ from configs import fashion_mnist_embedding_pixelcnn
 from configs import fashion_mnist_multiscale
 from gated_pixelcnn import checkpointing
 from gated_pixelcnn import conditioning
+from gated_pixelcnn import influence
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
 from gated_pixelcnn import modes
@@ -26,7 +27,6 @@ from gated_pixelcnn import sampling
 from gated_pixelcnn import steps
 from gated_pixelcnn import train
 from tests import draws
-from tests import influence
 from tests import helpers
 
 SMALL = dict(num_layers=2, features=6, kernel_size=3, first_kernel_size=3,

@@ -1,6 +1,6 @@
 """The PixelRNN baselines: exact causality, their receptive fields, sampling.
 
-Causality is checked as for the Gated PixelCNN (tests/influence.py):
+Causality is checked as for the Gated PixelCNN (gated_pixelcnn/influence.py):
 every sub-pixel is perturbed in turn and the logits compared bit for bit.
 """
 
@@ -15,9 +15,9 @@ from gated_pixelcnn import layers
 from gated_pixelcnn import models
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
-from tests.influence import causal_order
-from tests.influence import influence
-from tests.influence import sub_pixels
+from gated_pixelcnn.influence import causal_order
+from gated_pixelcnn.influence import influence
+from gated_pixelcnn.influence import sub_pixels
 
 
 def _expand(rf_pixels, H, W, C):

@@ -69,6 +69,32 @@ def test_cached_equals_naive(case):
   assert not np.array_equal(other, cached)
 
 
+def test_samplers_and_coder_multiply_in_full_float32(monkeypatch):
+  """The code sets the precision its guarantees need, on every platform
+  (GPUs and TPUs may otherwise use TF32 or bfloat16 passes): every sampler
+  and coder program is traced and run under 'highest'."""
+  seen = []
+
+  def spy(loop):
+    def run(*args):
+      seen.append(jax.config.jax_default_matmul_precision)
+      return loop(*args)
+    return run
+
+  for name in ('_naive', '_cached', '_cached_gpu_untuned'):
+    monkeypatch.setattr(sampling, name, spy(getattr(sampling, name)))
+  model, variables, _ = _model_and_cond(1, 1, 3, 3, 0, False, 3, 3)
+  for method in ('naive', 'cached'):
+    sampling.sample(model, variables, jax.random.PRNGKey(0), num_samples=2,
+                    image_shape=(3, 3, 1), method=method)
+  out = sampling.run_coder(model, variables,
+                           lambda t, freqs: np.zeros(len(freqs), np.int32),
+                           batch_size=2, image_shape=(3, 3, 1))
+  assert not out.any()
+  assert jax.config.jax_default_matmul_precision is None   # restored
+  assert seen == [sampling.MATMUL_PRECISION] * 3 == ['highest'] * 3
+
+
 @pytest.mark.parametrize('method', sampling.METHODS)
 def test_greedy_is_argmax_of_the_model(method):
   model, variables, _ = _model_and_cond(1, 2, 3, 3, 0, False, 3, 3)

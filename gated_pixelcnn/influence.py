@@ -1,13 +1,15 @@
 """Exact influence maps: which sub-pixels change which logits, bit for bit.
 
-Shared by the causality tests of every model family. Every image (the base
-and each perturbed copy) is computed by the same compiled program, batch 1,
+What the causality tests of every model family and bench/device_check.py
+prove causality with. Every image (the base and each perturbed copy) is computed by the same compiled program, batch 1,
 so the same logits come from the same instructions in the same position:
 XLA may round one batch row differently from another (seen on a CPU with
 AVX only and 8 fake devices), so a comparison across rows of one batch
 could report a "leak" that is only rounding. Here a difference can only
 come from the input.
 """
+
+from __future__ import annotations
 
 import jax
 import numpy as np
