@@ -93,6 +93,11 @@ _OUT = flags.DEFINE_string('out', str(ROOT / 'docs' / 'recipe'),
 _LIST = flags.DEFINE_bool('list', False, 'print the candidates and exit')
 _PLOT = flags.DEFINE_bool(
     'plot', False, 'only redraw OUT/recipe.png and print the table')
+_RUNS = flags.DEFINE_list(
+    'runs', [], 'LABEL=WORKDIR@START: full training runs (main.py) to add to '
+    'OUT/runs.json and the figure: the exact test bits/dim of each '
+    'evaluation against the wall time since START (seconds since the epoch, '
+    'e.g. `date +%s` just before the run was started)')
 _CHILD = flags.DEFINE_string(
     'child', None, 'internal: train this one candidate and print its result '
     '(the subprocess each candidate runs in)')
@@ -247,10 +252,35 @@ def _load(path: pathlib.Path) -> list[dict]:
 
 
 def _save(path: pathlib.Path, results: list[dict]) -> None:
+  from gated_pixelcnn import workdir  # pylint: disable=g-import-not-at-top
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp')
-  tmp.write_text(json.dumps(results, indent=1))
-  tmp.replace(path)
+  workdir.write_atomic(path, json.dumps(results, indent=1))
+
+
+def read_run(spec: str) -> dict:
+  """LABEL=WORKDIR@START -> the run's evaluations against wall time."""
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  label, _, rest = spec.partition('=')
+  workdir, _, start = rest.rpartition('@')
+  if not label or not workdir or not start:
+    raise app.UsageError(f'--runs entry {spec!r}: expected '
+                         'LABEL=WORKDIR@START_SECONDS.')
+  points = []
+  for path in sorted(pathlib.Path(workdir).glob('events.out.tfevents.*')):
+    events = event_accumulator.EventAccumulator(
+        str(path), size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    if 'eval/bits_per_dim' not in events.Tags()['tensors']:
+      continue
+    for e in events.Tensors('eval/bits_per_dim'):
+      points.append({'minutes': (e.wall_time - float(start)) / 60,
+                     'steps': e.step, 'bits_per_dim': float(
+                         tensor_util.make_ndarray(e.tensor_proto))})
+  if not points:
+    raise app.UsageError(f'{workdir} has no eval/bits_per_dim events.')
+  return {'run': label, 'workdir': workdir, 'cpu': _cpu_name(),
+          'points': sorted(points, key=lambda p: p['steps'])}
 
 
 def table(results: list[dict]) -> str:
@@ -270,13 +300,28 @@ def table(results: list[dict]) -> str:
   return '\n'.join(rows)
 
 
-def plot(results: list[dict], path: pathlib.Path) -> None:
+def plot(results: list[dict], runs: list[dict], path: pathlib.Path) -> None:
+  """One panel per budget of the candidates' curves, and one of the full
+  runs (OUT/runs.json) against wall time."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   budgets = sorted({r['minutes'] for r in results})
-  fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.5),
+  panels = len(budgets) + bool(runs)
+  fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5),
                            squeeze=False)
+  if runs:
+    ax = axes[0][-1]
+    for run in runs:
+      ax.plot([p['minutes'] for p in run['points']],
+              [p['bits_per_dim'] for p in run['points']], marker='o',
+              label=f'{run["run"]} ({run["points"][-1]["bits_per_dim"]:.3f})')
+    ax.axhline(2.9, color='grey', linestyle=':', linewidth=1)
+    ax.set_xlabel('wall time since the start of training (minutes)')
+    ax.set_ylabel('test bits/dim (all 10,000 images)')
+    ax.set_title('bash scripts/train.sh, Fashion-MNIST, 2 CPU cores')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   for ax, minutes in zip(axes[0], budgets):
     for r in sorted((r for r in results if r['minutes'] == minutes),
                     key=lambda r: r['test_bits_per_dim']):
@@ -332,10 +377,19 @@ def main(argv) -> None:
       print(f'{name}: test {result["test_bits_per_dim"]:.4f} bits/dim after '
             f'{result["steps"]} steps ({(time.time() - start) / 60:.1f} min '
             'in all)', flush=True)
+  runs = _load(out / 'runs.json')
+  if _RUNS.value:
+    for spec in _RUNS.value:
+      run = read_run(spec)
+      runs = [r for r in runs if r['run'] != run['run']] + [run]
+      print(f'{run["run"]}: ' + ', '.join(
+          f'{p["bits_per_dim"]:.4f} at {p["minutes"]:.1f} min (step '
+          f'{p["steps"]})' for p in run['points']))
+    _save(out / 'runs.json', runs)
   if results:
     print(table(results))
     try:
-      plot(results, out / 'recipe.png')
+      plot(results, runs, out / 'recipe.png')
     except ImportError:
       print('(no figure: pip install matplotlib)')
 

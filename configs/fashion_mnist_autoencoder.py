@@ -20,7 +20,7 @@ from configs import default
 def get_config(variant: str = 'pixelcnn'):
   if variant not in ('pixelcnn', 'mse'):
     raise ValueError(f"variant must be 'pixelcnn' or 'mse', got {variant!r}.")
-  config = default.get_config()
+  config = default.rmsprop(default.get_config())
   if variant == 'pixelcnn':
     # 'global': h added in every layer; 'spatial': s = m(h) through 1x1s.
     model = default.decoder_config('pixelcnn_autoencoder',

@@ -9,7 +9,7 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.rmsprop(default.get_config())
   config.model.num_classes = 10
   config.sample.num_samples = 60   # 10 classes x 6
   return config

@@ -2,7 +2,7 @@
 CPU.
 
 7x7 mask-A convolution, 4 Diagonal BiLSTM layers of h = 32 (2h = 64
-residual maps), the 256-way softmax head; the default optimizer and
+residual maps), the 256-way softmax head; RMSProp at 1e-3 with a cosine
 schedule. --config.model.backward_image=False gives the layer exactly as
 the paper describes it (a one-sub-pixel gap, see gated_pixelcnn.layers).
 Sampling is naive.
@@ -12,7 +12,7 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.rmsprop(default.get_config())
   model = config.model
   model.name = 'diagonal_bilstm'
   model.num_layers = 4

@@ -11,7 +11,7 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.rmsprop(default.get_config())
   config.model = default.decoder_config(
       'conditional_pixelcnn', conditioning='global', spatial_features=16,
       spatial_hidden=64)

@@ -21,7 +21,7 @@ FACTOR = 2
 def get_config(variant: str = 'high'):
   if variant not in ('low', 'high'):
     raise ValueError(f"variant must be 'low' or 'high', got {variant!r}.")
-  config = default.get_config()
+  config = default.rmsprop(default.get_config())
   if variant == 'low':
     config.subsample = FACTOR
     return config

@@ -8,7 +8,7 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.rmsprop(default.get_config())
   model = config.model
   model.name = 'pixelcnn'
   model.num_layers = 8

@@ -115,7 +115,7 @@ def _read_record(path: pathlib.Path) -> dict[str, Any]:
   if not path.is_dir():
     raise _fail(path, 'no such folder. The project ships one in '
                 f'{ROOT / "pretrained"}; or export a run with python -m '
-                'gated_pixelcnn.pretrained.')
+                'gated_pixelcnn.export.')
   for name in (PARAMS, RECORD):
     if not (path / name).is_file():
       raise _fail(path, f'{name} is missing: copy the whole folder again.')

@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from gated_pixelcnn import datasets
 from gated_pixelcnn import errors
 from gated_pixelcnn import export
 from gated_pixelcnn import models
@@ -21,6 +22,9 @@ from gated_pixelcnn import pretrained
 from gated_pixelcnn import train
 from gated_pixelcnn import workdir
 from tests import helpers
+
+# The model that ships with the project (README, docs/pretrained.md).
+COMMITTED = helpers.ROOT / 'pretrained' / 'fashion_mnist'
 
 
 def _digest(folder) -> dict[str, str]:
@@ -150,3 +154,18 @@ def test_bad_folders_are_clear_errors(exported, tmp_path):
   with pytest.raises(pretrained.PretrainedError, match='model.json is '
                      'missing'):
     pretrained.load(folder)
+
+
+@pytest.mark.skipif(not os.path.isdir(datasets.DEBIAN_FASHION_MNIST),
+                    reason='needs Debian package dataset-fashion-mnist')
+def test_the_committed_model_reaches_its_recorded_bits_per_dim():
+  """Also guards checkpoint compatibility: a change to layer names,
+  parameter layout or numerics that would break saved models fails here."""
+  model = pretrained.load(COMMITTED)
+  images = pretrained.first_test_images(model.config)
+  assert images.shape == (pretrained.SUBSET, 28, 28, 1)
+  value = pretrained.subset_bits_per_dim(
+      models.create_model(model.config.model), model.params, images)
+  assert value == pytest.approx(
+      model.record[f'bits_per_dim_first_{pretrained.SUBSET}'], rel=1e-5)
+  assert (COMMITTED / 'params.npz').stat().st_size < 5.5 * 2**20
