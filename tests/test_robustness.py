@@ -419,6 +419,7 @@ def test_a_silently_corrupted_checkpoint_is_caught_and_skipped(
 def test_resuming_with_another_model_names_the_fields(fake_config, tmp_path):
   run = str(tmp_path / 'run')
   fake_config.num_train_steps = 2
+  fake_config.optimizer = 'rmsprop'
   train.train_and_evaluate(fake_config, run)
   fake_config.num_train_steps = 4
   fake_config.model.features = 16
