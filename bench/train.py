@@ -61,11 +61,14 @@ _COMPARE_TORCH = flags.DEFINE_bool(
 _SCALING = flags.DEFINE_bool(
     'scaling', False, f'default model at {SCALING_SIZES} px instead')
 _BATCH = flags.DEFINE_integer('batch', 32, 'images per train step')
-_STEPS = flags.DEFINE_integer('steps', 5, 'steps per timed window')
+_STEPS = flags.DEFINE_integer('steps', 5, 'steps per timed window',
+                              lower_bound=1)
 _WINDOWS = flags.DEFINE_integer(
-    'windows', 3, 'timed windows (the median window is reported)')
+    'windows', 3, 'timed windows (the median window is reported)',
+    lower_bound=1)
 _WARMUP = flags.DEFINE_integer(
-    'warmup', 2, 'steps run before timing starts (after compilation)')
+    'warmup', 2, 'steps run before timing starts (after compilation)',
+    lower_bound=0)
 # --cpu-devices and --microbatches: bench/step_flags.py (bench.profile_step,
 # which imports this module, uses them too).
 flags.adopt_module_key_flags(step_flags)
@@ -136,7 +139,8 @@ def _peak_rss_mib() -> float:
 
 def _timed_windows(run_steps, warmup, steps, windows) -> float:
   """Median seconds per step over `windows` windows of `steps` steps."""
-  run_steps(warmup)
+  if warmup:
+    run_steps(warmup)
   per_step = []
   for _ in range(windows):
     start = time.perf_counter()
