@@ -108,11 +108,11 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   params = figures.host_params(trainer.eval_params(state))
   if trainer.conditioner.source == 'subsample':
     grid = figures.multiscale_grid(trainer, params, rng,
-                                    config.sample.num_samples,
-                                    config.sample.num_completions)
+                                   config.sample.num_samples,
+                                   config.sample.num_completions)
   else:
     grid = figures.samples_grid(trainer, params, rng,
-                                 input_pipeline.get_builder(config))
+                                input_pipeline.get_builder(config))
   name = f'samples_{config.sample.method}_t{config.sample.temperature:g}'
   return figures.write_grid(_writer(workdir), workdir, step, name, grid)
 
@@ -139,7 +139,7 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
         f'{config.model.name!r}.')
   builder = input_pipeline.get_builder(config)
   images, _ = figures.test_images(trainer, builder, config.sample.num_samples,
-                                   per_class=True)
+                                  per_class=True)
   params = figures.host_params(trainer.eval_params(state))
   step = int(state.step)
   if model.objective == 'mse':
@@ -162,10 +162,10 @@ def reconstruct_checkpoint(config: ml_collections.ConfigDict,
       logging.warning('sample.mse_workdir is not set: the figure has no MSE '
                       'baseline column.')
     grid = figures.conditional_grid(trainer, params, _rng(config, step),
-                                     images, config.sample.num_completions,
-                                     extra_columns=extra)
+                                    images, config.sample.num_completions,
+                                    extra_columns=extra)
   return figures.write_grid(_writer(workdir), workdir, step, 'reconstructions',
-                             grid)
+                            grid)
 
 
 def mse_reconstruction(model, params, images) -> np.ndarray:
@@ -200,7 +200,7 @@ def embed_sample_checkpoint(config: ml_collections.ConfigDict,
       trainer, figures.host_params(trainer.eval_params(state)),
       _rng(config, step), input_pipeline.get_builder(config))
   return figures.write_grid(_writer(workdir), workdir, step, 'embed_samples',
-                             grid)
+                            grid)
 
 
 @_writes_workdir
@@ -226,7 +226,7 @@ def interpolate_checkpoint(config: ml_collections.ConfigDict,
       _rng(config, step), image_a, image_b, config.sample.num_interpolations,
       config.sample.num_completions)
   return figures.write_grid(_writer(workdir), workdir, step,
-                             f'interpolation_{a}_{b}', grid)
+                            f'interpolation_{a}_{b}', grid)
 
 
 @_writes_workdir
@@ -258,7 +258,7 @@ def complete_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       labels if trainer.model.num_classes else None, num_rows,
       config.sample.num_completions, config.sample)
   return figures.write_grid(_writer(workdir), workdir, step, 'completions',
-                             grid)
+                            grid)
 
 
 # ------------------------------------------------ compress and decompress

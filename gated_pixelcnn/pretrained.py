@@ -97,14 +97,10 @@ def flat(params, leaf=np.asarray) -> dict[str, Any]:
           for path, x in jax.tree_util.tree_leaves_with_path(params)}
 
 
-def _trainer(config):
-  return train.Trainer(config)
-
-
 def _abstract_params(trainer) -> dict[str, jax.ShapeDtypeStruct]:
   """The parameter shapes of the trainer's model, without computing them."""
   return flat(trainer.abstract_state.params,
-               lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+              lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
 
 
 def _fail(path, what: str) -> PretrainedError:
@@ -165,7 +161,13 @@ def config_of(path: str | os.PathLike) -> ml_collections.ConfigDict:
   ``pretrained`` set to it: what its config.py returns. The saved config
   goes onto this version's default, so keys added since keep defaults."""
   path = pathlib.Path(path).resolve()
-  saved = _read_record(path)['config']
+  return _config(path, _read_record(path))
+
+
+def _config(path: pathlib.Path, record: dict[str, Any]
+            ) -> ml_collections.ConfigDict:
+  """config_of, from the folder's record already read and checked."""
+  saved = record['config']
   config = _default_config() or ml_collections.ConfigDict()
   try:
     with config.unlocked() if config.is_locked else contextlib.nullcontext():
@@ -184,9 +186,9 @@ def load(path: str | os.PathLike, trainer=None) -> Pretrained:
   against the record (SHA-256, format) and against the model the config
   builds (every path, shape and dtype; ``trainer``: the one built)."""
   path = pathlib.Path(path).resolve()
-  config = config_of(path)
   record = _read_record(path)
-  expected = _abstract_params(trainer or _trainer(config))
+  config = _config(path, record)
+  expected = _abstract_params(trainer or train.Trainer(config))
   try:
     with zipfile.ZipFile(path / PARAMS) as z:   # sizes before reading
       sizes = {i.filename[:-len('.npy')]: i.file_size for i in z.infolist()}
@@ -198,22 +200,22 @@ def load(path: str | os.PathLike, trainer=None) -> Pretrained:
       if sizes[name] > x.size * x.dtype.itemsize + 1024:
         raise ValueError(f'{name} is larger than its shape {x.shape}')
     with np.load(path / PARAMS, allow_pickle=False) as npz:
-      flat = {name: npz[name] for name in expected}
+      arrays = {name: npz[name] for name in expected}
     for name, x in expected.items():
-      if flat[name].shape != x.shape or flat[name].dtype != x.dtype:
-        raise ValueError(f'{name} has shape {flat[name].shape} '
-                         f'{flat[name].dtype}, the model {x.shape} {x.dtype}')
+      if arrays[name].shape != x.shape or arrays[name].dtype != x.dtype:
+        raise ValueError(f'{name} has shape {arrays[name].shape} '
+                         f'{arrays[name].dtype}, the model {x.shape} '
+                         f'{x.dtype}')
   except (ValueError, OSError, zipfile.BadZipFile, KeyError) as e:
     raise _fail(path, f'its parameters do not fit the model its config '
                 f'builds ({e}): it was made by an incompatible version '
                 f'(gated_pixelcnn {record.get("gated_pixelcnn", "?")}).') from e
-  params = _unflatten(flat)
-  return Pretrained(config, params, record, path)
+  return Pretrained(config, _unflatten(arrays), record, path)
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+def _unflatten(arrays: dict[str, np.ndarray]) -> dict:
   tree: dict = {}
-  for name, x in flat.items():
+  for name, x in arrays.items():
     node = tree
     *parents, leaf = name.split('/')
     for key in parents:

@@ -1,11 +1,15 @@
 """What a run records beside its checkpoints: the checkpoint meta (what
 shapes the train state and the data order, checked on resume), state
-digests, TensorBoard hyper-parameters and scalars, eval_results.json."""
+digests, TensorBoard hyper-parameters and scalars (written, and read back
+by `read_scalars`), eval_results.json."""
 
 from __future__ import annotations
 
+import collections
+import glob
 import hashlib
 import json
+import os
 from typing import Any
 
 from absl import logging
@@ -104,3 +108,26 @@ def write_eval_results(workdir: str, step: int, metrics: dict[str, float],
   path = epath.Path(workdir) / 'eval_results.json'
   workdir_lib.write_atomic(path, json.dumps(results, indent=2))
   logging.info('Eval results: %s (written to %s)', results, path)
+
+
+def read_scalars(workdir: str
+                 ) -> dict[str, list[tuple[int, float, float]]]:
+  """{tag: [(step, wall_time, value)]} of the scalars in every TensorBoard
+  event file of ``workdir`` (one value per tag and step: the last written),
+  sorted by step."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  series = collections.defaultdict(dict)
+  pattern = os.path.join(workdir, 'events.out.tfevents.*')
+  for path in sorted(glob.glob(pattern)):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.HasField('tensor'):
+          array = tf.make_ndarray(value.tensor)
+          if array.size != 1 or array.dtype.kind not in 'fiu':
+            continue  # images, text, hyperparameters
+          number = array.item()
+        else:
+          number = value.simple_value
+        series[value.tag][event.step] = (event.wall_time, float(number))
+  return {tag: sorted((s, t, v) for s, (t, v) in points.items())
+          for tag, points in series.items()}

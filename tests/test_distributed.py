@@ -59,7 +59,7 @@ def _free_port() -> int:
 def _command(workdir, config, *flags):
   """test_train's main.py command, with evaluation only at the end."""
   return helpers.main_command(workdir, config,
-                           '--config.eval_every_steps=100000', *flags)
+                              '--config.eval_every_steps=100000', *flags)
 
 
 def _start_processes(workdir, config, log_dir, name, *flags):
@@ -264,10 +264,10 @@ def test_data_prepared_on_only_some_hosts_is_a_clear_error(fake_config,
 
 def test_checkpoint_of_the_older_per_process_data_order_warns(fake_config,
                                                               caplog):
-  records.check_meta({'process_count': 2, 'seed': fake_config.seed},  # pylint: disable=protected-access
-                    fake_config)
+  records.check_meta({'process_count': 2, 'seed': fake_config.seed},
+                     fake_config)
   assert 'older per-process data order' in caplog.text
   caplog.clear()
-  records.check_meta({'process_count': 2, 'data_order': records.DATA_ORDER},  # pylint: disable=protected-access
-                    fake_config)
+  records.check_meta({'process_count': 2, 'data_order': records.DATA_ORDER},
+                     fake_config)
   assert 'data order' not in caplog.text

@@ -193,7 +193,7 @@ def test_two_training_commands_on_one_workdir(fake_config, tmp_path):
   step = int(_listing(checkpointing.checkpoint_dir(run))[0])
   third = subprocess.run(
       helpers.main_command(run, fake_config,
-                        f'--config.num_train_steps={step + 1}'),
+                           f'--config.num_train_steps={step + 1}'),
       cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert third.returncode == 0, third.stderr[-3000:]
   assert f'Resumed from step {step}' in third.stderr
@@ -485,7 +485,7 @@ def test_bad_input_paths_for_compress(fake_config, tmp_path):
   config.compress.output = str(tmp_path / 'a_file' / 'sub' / 'out.gpx')
   with pytest.raises(compression.CompressionError,
                      match='which is a file, not a folder'):
-    image_files.output(config, folder=False)  # pylint: disable=protected-access
+    image_files.output(config, folder=False)
 
 
 def test_bad_dataset_files(fake_config, tmp_path):
@@ -551,7 +551,7 @@ def test_mistakes_are_one_line_with_the_right_exit_status(fake_config,
   # The environment variable brings the traceback back.
   out = subprocess.run(
       helpers.main_command(tmp_path / 'default', fake_config,
-                        '--config.learning_rate=inf'),
+                           '--config.learning_rate=inf'),
       cwd=helpers.ROOT, env=helpers.subprocess_env(GATED_PIXELCNN_TRACEBACK='1'),
       capture_output=True, text=True, timeout=240)
   assert out.returncode != 0 and 'Traceback' in out.stderr

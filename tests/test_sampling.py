@@ -295,6 +295,6 @@ def test_class_conditional_sample_grid_has_one_row_per_class():
   sample_config = test_config.get_config().sample
   sample_config.num_samples = 6
   grid = figures.sample_grid(model, variables['params'],
-                              jax.random.PRNGKey(0), (5, 4, 1), sample_config)
+                             jax.random.PRNGKey(0), (5, 4, 1), sample_config)
   # 3 classes x 2 samples, tiles of 5x4 with 2-pixel padding.
   assert grid.shape == (3 * 7 + 2, 2 * 6 + 2, 1)

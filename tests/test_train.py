@@ -186,7 +186,7 @@ def test_auto_microbatches(fake_config, devices, shape, platform,
   fake_config.batch_size = 32
   fake_config.microbatches = microbatches
   assert parallel.num_microbatches(fake_config, devices, shape,
-                                platform) == expected
+                                   platform) == expected
 
 
 def test_microbatches_must_divide_the_device_batch(fake_config):
@@ -202,7 +202,7 @@ def test_shard_params_splits_large_arrays(fake_config):
   small = jax.ShapeDtypeStruct((7,), jnp.float32)
   P = jax.sharding.PartitionSpec
   assert parallel.param_sharding(mesh, big, True).spec == P(None, None, None,
-                                                         'data')
+                                                            'data')
   assert parallel.param_sharding(mesh, small, True).spec == P()
   assert parallel.param_sharding(mesh, big, False).spec == P()
 
@@ -398,7 +398,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(fake_config, tmp_path):
   # Rerunning the same command resumes from there.
   out = subprocess.run(
       helpers.main_command(workdir, fake_config,
-                        f'--config.num_train_steps={steps[0] + 2}'),
+                           f'--config.num_train_steps={steps[0] + 2}'),
       cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f'Resumed from step {steps[0]}' in out.stderr
