@@ -259,28 +259,23 @@ def _save(path: pathlib.Path, results: list[dict]) -> None:
 
 def read_run(spec: str) -> dict:
   """LABEL=WORKDIR@START -> the run's evaluations against wall time."""
-  from tensorboard.backend.event_processing import event_accumulator
-  from tensorboard.util import tensor_util
+  from gated_pixelcnn import records  # pylint: disable=g-import-not-at-top
   label, _, rest = spec.partition('=')
   workdir, _, start = rest.rpartition('@')
-  if not label or not workdir or not start:
+  try:
+    start = float(start)
+  except ValueError:
+    start = None
+  if not label or not workdir or start is None:
     raise app.UsageError(f'--runs entry {spec!r}: expected '
                          'LABEL=WORKDIR@START_SECONDS.')
-  points = []
-  for path in sorted(pathlib.Path(workdir).glob('events.out.tfevents.*')):
-    events = event_accumulator.EventAccumulator(
-        str(path), size_guidance={event_accumulator.TENSORS: 0})
-    events.Reload()
-    if 'eval/bits_per_dim' not in events.Tags()['tensors']:
-      continue
-    for e in events.Tensors('eval/bits_per_dim'):
-      points.append({'minutes': (e.wall_time - float(start)) / 60,
-                     'steps': e.step, 'bits_per_dim': float(
-                         tensor_util.make_ndarray(e.tensor_proto))})
-  if not points:
+  evals = records.read_scalars(workdir).get('eval/bits_per_dim')
+  if not evals:
     raise app.UsageError(f'{workdir} has no eval/bits_per_dim events.')
   return {'run': label, 'workdir': workdir, 'cpu': _cpu_name(),
-          'points': sorted(points, key=lambda p: p['steps'])}
+          'points': [{'minutes': (wall - start) / 60, 'steps': step,
+                      'bits_per_dim': value}
+                     for step, wall, value in evals]}
 
 
 def table(results: list[dict]) -> str:

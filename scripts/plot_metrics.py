@@ -5,8 +5,6 @@
 Needs matplotlib (`pip install -e ".[plot]"`).
 """
 
-import collections
-import glob
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -16,27 +14,10 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import matplotlib  # pylint: disable=g-import-not-at-top
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from gated_pixelcnn import records  # pylint: disable=g-import-not-at-top
 
 _TITLE = flags.DEFINE_string('title', '', 'title of the plot')
-
-
-def read_scalars(workdir):
-  """{tag: [(step, wall_time, value)]} from every event file in workdir."""
-  series = collections.defaultdict(dict)
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.HasField('tensor'):
-          array = tf.make_ndarray(value.tensor)
-          if array.size != 1 or array.dtype.kind not in 'fiu':
-            continue  # images, text, hyperparameters
-          number = array.item()
-        else:
-          number = value.simple_value
-        series[value.tag][event.step] = (event.wall_time, float(number))
-  return {tag: sorted((s, t, v) for s, (t, v) in points.items())
-          for tag, points in series.items()}
 
 
 def main(argv):
@@ -44,7 +25,7 @@ def main(argv):
     raise app.UsageError(
         f'expected the arguments WORKDIR OUT.png, got {argv[1:]}')
   workdir, out = argv[1:]
-  scalars = read_scalars(workdir)
+  scalars = records.read_scalars(workdir)
   fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
   for tag, style in (('train/bits_per_dim', dict(lw=1, alpha=0.7)),
                      ('eval/bits_per_dim', dict(marker='o', lw=2))):
