@@ -1,16 +1,22 @@
 """model.dtype = 'bfloat16': bfloat16 compute, float32 parameters and
 logits. Causality holds bit for bit (the masks are exact zeros in any
-dtype), and the bits/dim of the same parameters agree with float32."""
+dtype), the bits/dim of the same parameters agree with float32, and so does
+training on real data, step by step."""
 
+import functools
 import os
+import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gated_pixelcnn import datasets
 from gated_pixelcnn import models
 from gated_pixelcnn import pretrained
+from gated_pixelcnn import steps
 from gated_pixelcnn.influence import causal_order
 from gated_pixelcnn.influence import influence
 
@@ -40,8 +46,51 @@ def test_bfloat16_keeps_float32_parameters_and_logits():
   assert model.apply(variables, images).dtype == np.float32
 
 
-@pytest.mark.skipif(not os.path.isdir(datasets.DEBIAN_FASHION_MNIST),
-                    reason='needs Debian package dataset-fashion-mnist')
+needs_fashion_mnist = pytest.mark.skipif(
+    not os.path.isdir(datasets.DEBIAN_FASHION_MNIST),
+    reason='needs Debian package dataset-fashion-mnist')
+
+
+def train_losses(dtype: str, images: np.ndarray, batch: int) -> np.ndarray:
+  """Training bits/dim of each step of a small model trained on ``images``
+  in order, ``batch`` at a time, with the default recipe's Adam at 4e-3,
+  from the same initial parameters whatever ``dtype``."""
+  model = models.GatedPixelCNN(num_layers=3, features=16, kernel_size=3,
+                               first_kernel_size=5, head_features=32,
+                               dtype=dtype)
+  params = model.init(jax.random.PRNGKey(0), images[:1])['params']
+  tx = optax.adam(4e-3)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params), ema_params=None,
+                           rng=jax.random.PRNGKey(1))
+  step = jax.jit(functools.partial(
+      steps.train_step, model=model, tx=tx, schedule=lambda _: 4e-3,
+      ema_decay=0.0))
+  losses = []
+  for k in range(0, len(images), batch):
+    state, metrics = step(state, {'image': images[k:k + batch]})
+    losses.append(metrics['bits_per_dim'])
+  return np.asarray(jax.device_get(losses))
+
+
+@needs_fashion_mnist
+def test_bfloat16_training_tracks_float32():
+  """300 steps of batch 8 on Fashion-MNIST training images (14x14, every
+  second pixel), bfloat16 compute against float32 from the same start:
+  the loss falls from over 8 to under 4 bits/dim in both, and the means
+  of every 50 steps agree within 0.02 bits/dim (measured: at most 0.006,
+  bfloat16 the lower)."""
+  path = datasets.find_file(pathlib.Path(datasets.DEBIAN_FASHION_MNIST),
+                            'train-images-idx3-ubyte')
+  images = datasets.read_idx(path, 3)[:2400, ::2, ::2, None].astype(np.int32)
+  f32, bf16 = (train_losses(d, images, 8) for d in ('float32', 'bfloat16'))
+  assert f32[0] > 8.0 and bf16[0] > 8.0, (f32[0], bf16[0])
+  f32, bf16 = (x.reshape(6, 50).mean(axis=1) for x in (f32, bf16))
+  assert f32[-1] < 4.0 and bf16[-1] < 4.0, (f32, bf16)
+  assert np.abs(bf16 - f32).max() < 0.02, (f32, bf16)
+
+
+@needs_fashion_mnist
 def test_bfloat16_bits_per_dim_match_float32():
   """The committed model's bits/dim on 100 test images, computed in
   bfloat16 and float32 from the same parameters: within 0.005 bits/dim
