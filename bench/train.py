@@ -4,12 +4,14 @@
   python -m bench.train --compare-torch    # + the PyTorch reference, ratio
   python -m bench.train --scaling          # default model at 16, 32, 64 px
   python -m bench.train --models=default --steps=30 --dtype=bfloat16
+  python -m bench.train --models=default --conv-impls=conv,im2col,taps
+  python -m bench.train --compare-torch --max-isa=AVX   # as on an AVX-only CPU
 
 Models (configs/default.py's architecture unless said): ``default`` (8 layers,
 p = 48, 28x28x1), ``wide`` (the same at p = 128), ``rgb32`` (the same at
 32x32x3). Every measurement runs in a fresh subprocess so that its peak
 resident memory (RSS) is its own. The step is the real `steps.train_step`
-(RMSProp, the default optimizer settings) on one fixed random batch, jitted
+(RMSProp, as the PyTorch reference's) on one fixed random batch, jitted
 with its state donated; timing starts after compilation and --warmup steps,
 covers --windows windows of --steps steps each (blocking once per window,
 as training does) and reports the median window. FLOPs are analytic (the
@@ -18,7 +20,12 @@ achieved FLOP/s by this machine's float32 matmul rate measured in the same
 run (a 2048^2 XLA matmul, best of 10). The JAX step runs as training runs it
 on this host: over config.cpu_devices (one per core) and in
 config.microbatches parts (auto); --cpu-devices=1 --microbatches=1 gives the
-plain one-device step.
+plain one-device step. --conv-impls times the step with each way of
+computing the convolutions (layers.CONV_IMPLS; what config.conv_impl='auto'
+chooses from). --max-isa=AVX limits both frameworks to a CPU's older
+vector extensions (XLA's xla_cpu_max_isa; oneDNN's, MKL's and ATen's
+dispatch), to see on one machine what a CPU without AVX2/AVX-512 gets; a
+real CPU of that kind also differs in cache and core, so name the CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import functools
 import json
 import os
 import pathlib
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,7 +42,6 @@ import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # torch: CPU
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if not __package__:   # run as a file, its folder would shadow installed modules
   sys.exit(f'Run it as a module from the repository root: python -m '
@@ -74,9 +79,39 @@ _WARMUP = flags.DEFINE_integer(
 flags.adopt_module_key_flags(step_flags)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'compute dtype of the model (config.model.dtype)')
+_CONV_IMPLS = flags.DEFINE_list(
+    'conv-impls', ['conv'], 'ways to compute the convolutions to time, from '
+    "layers.CONV_IMPLS ('conv', 'im2col', 'taps')")
+# The instruction-set limits each framework's own switch understands.
+MAX_ISA = {
+    'AVX': dict(xla='AVX', onednn='AVX', mkl='AVX', aten='default'),
+    'AVX2': dict(xla='AVX2', onednn='AVX2', mkl='AVX2', aten='avx2'),
+}
+_MAX_ISA = flags.DEFINE_enum(
+    'max-isa', None, sorted(MAX_ISA), 'use no CPU vector extension newer '
+    'than this (both frameworks; see the module doc)')
 _CHILD = flags.DEFINE_string(
     'child', None, 'internal: one measurement, as JSON of framework, '
     'features and image_shape (the subprocess each measurement runs in)')
+
+
+@flags.validator('conv-impls', 'unknown --conv-impls; choose from conv, '
+                 'im2col, taps')
+def _known_conv_impls(values) -> bool:
+  return bool(values) and set(values) <= {'conv', 'im2col', 'taps'}
+
+
+def isa_environment(isa: str | None) -> dict[str, str]:
+  """The environment variables that cap JAX's and PyTorch's CPU code at
+  ``isa`` (None: no cap)."""
+  if isa is None:
+    return {}
+  limits = MAX_ISA[isa]
+  xla_flags = os.environ.get('XLA_FLAGS', '')
+  return {'XLA_FLAGS': f"{xla_flags} --xla_cpu_max_isa={limits['xla']}",
+          'ONEDNN_MAX_CPU_ISA': limits['onednn'],
+          'MKL_ENABLE_INSTRUCTIONS': limits['mkl'],
+          'ATEN_CPU_CAPABILITY': limits['aten']}
 
 
 @flags.multi_flags_validator(['models', 'scaling'])
@@ -169,7 +204,8 @@ def jitted_step(config, images):
 
   microbatches = parallel.num_microbatches(config, devices,
                                            images.shape[1:], 'cpu')
-  model = models.create_model(config.model)
+  model = models.create_model(config.model,
+                              conv_impl=config.get('conv_impl', 'conv'))
   tx, schedule = optim.create_optimizer(config)
   mesh = parallel.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, parallel.P())
@@ -188,11 +224,13 @@ def jitted_step(config, images):
   return step, state, batch, devices, microbatches
 
 
-def measure_jax(settings: Settings, features, image_shape) -> dict:
+def measure_jax(settings: Settings, features, image_shape,
+                conv_impl: str = 'conv') -> dict:
   """One JAX measurement (run in its own process)."""
   from configs import default  # pylint: disable=g-import-not-at-top
 
-  config = default.get_config()
+  config = default.rmsprop(default.get_config())
+  config.conv_impl = conv_impl
   config.batch_size = settings.batch
   config.cpu_devices = settings.cpu_devices
   config.microbatches = settings.microbatches
@@ -222,8 +260,10 @@ def measure_jax(settings: Settings, features, image_shape) -> dict:
   seconds = _timed_windows(run_steps, settings.warmup, settings.steps,
                            settings.windows)
   return dict(
-      framework=(f'jax, {devices} CPU device{"s" if devices > 1 else ""}'
-                 f', {microbatches} part{"s" if microbatches > 1 else ""}'),
+      framework=(f'jax {conv_impl}, {devices} '
+                 f'{jax.devices()[0].platform.upper()} device'
+                 f'{"s" if devices > 1 else ""}, {microbatches} '
+                 f'part{"s" if microbatches > 1 else ""}'),
       seconds_per_step=seconds, compile_s=compile_s,
       peak_rss_mib=_peak_rss_mib(), xla_temp_mib=temp_mib,
       params=sum(x.size for x in jax.tree_util.tree_leaves(state.params)),
@@ -313,8 +353,12 @@ def check_same_loss() -> float:
 
 def _child(spec_json: str, settings: Settings) -> None:
   spec = json.loads(spec_json)
-  measure = measure_torch if spec['framework'] == 'torch' else measure_jax
-  result = measure(settings, spec['features'], tuple(spec['image_shape']))
+  if spec['framework'] == 'torch':
+    result = measure_torch(settings, spec['features'],
+                           tuple(spec['image_shape']))
+  else:
+    result = measure_jax(settings, spec['features'],
+                         tuple(spec['image_shape']), spec['conv_impl'])
   print('RESULT ' + json.dumps(result))
 
 
@@ -322,7 +366,8 @@ def _run_child(argv, spec) -> dict:
   command = [sys.executable, '-m', 'bench.train', *argv, '--child',
              json.dumps(spec)]
   out = subprocess.run(command, capture_output=True, text=True, check=False,
-                       cwd=ROOT)
+                       cwd=ROOT, env={**os.environ,
+                                      **isa_environment(_MAX_ISA.value)})
   for line in out.stdout.splitlines():
     if line.startswith('RESULT '):
       return json.loads(line[len('RESULT '):])
@@ -379,24 +424,29 @@ def main(argv) -> None:
       sys.exit('The PyTorch reference does not compute the same model; '
                'the comparison would not be fair.')
 
-  print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} '
+  from gated_pixelcnn import tuning  # pylint: disable=g-import-not-at-top
+  isa = f', capped at {_MAX_ISA.value}' if _MAX_ISA.value else ''
+  print(f'{tuning.cpu_name()}{isa}, {os.cpu_count()} '
         f'cores; batch {settings.batch}, {settings.dtype}; median of '
         f'{settings.windows} windows of {settings.steps} steps after '
         f'{settings.warmup} warm-up steps\n')
   print(HEADER)
   for name, spec in runs:
-    frameworks = ['jax'] + (['torch'] if _COMPARE_TORCH.value else [])
+    frameworks = [f'jax {impl}' for impl in _CONV_IMPLS.value] + (
+        ['torch'] if _COMPARE_TORCH.value else [])
     results = {}
     for framework in frameworks:
-      results[framework] = _run_child(settings.argv(),
-                                      dict(spec, framework=framework))
+      kind, _, impl = framework.partition(' ')
+      results[framework] = _run_child(
+          settings.argv(), dict(spec, framework=kind, conv_impl=impl))
       print(_row(name, spec['image_shape'], settings.batch,
                  results[framework]), flush=True)
     if _COMPARE_TORCH.value:
-      ratio = (results['torch']['seconds_per_step'] /
-               results['jax']['seconds_per_step'])
-      print(f'| {name} | | JAX / torch throughput | | | {ratio:.2f}x | '
-            '| | | | | | | |', flush=True)
+      for impl in _CONV_IMPLS.value:
+        ratio = (results['torch']['seconds_per_step'] /
+                 results[f'jax {impl}']['seconds_per_step'])
+        print(f'| {name} | | JAX {impl} / torch throughput | | | '
+              f'{ratio:.2f}x | | | | | | | | |', flush=True)
 
 
 if __name__ == '__main__':

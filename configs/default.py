@@ -129,6 +129,13 @@ def get_config() -> ml_collections.ConfigDict:
   # runs in cache (2 parts of 8 images per core here: ~6% faster; at 64x64,
   # 1.3x, bench/train.py); on TPU/GPU 1.
   config.microbatches = 0
+  # How the convolutions compute, for speed only (the same function and
+  # parameters): 'conv' (XLA's convolution), 'im2col' (one matmul over the
+  # open taps' patches) or 'taps' (a matmul per tap). 'auto': on a CPU the
+  # fastest of the three for this machine and shape, measured when training
+  # starts (a few seconds) and cached (gated_pixelcnn.tuning); elsewhere
+  # 'conv'.
+  config.conv_impl = 'auto'
   # Steps traced by clu's profiler, 10 steps after (re)start (0: off).
   config.num_profile_steps = 0
   config.seed = 0

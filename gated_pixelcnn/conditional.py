@@ -72,7 +72,7 @@ class Deconv(nn.Module):
 def _decoder_fields(module) -> dict[str, Any]:
   return {f: getattr(module, f) for f in (
       'num_layers', 'features', 'kernel_size', 'first_kernel_size',
-      'num_channels', 'head_features', 'dtype')}
+      'num_channels', 'head_features', 'dtype', 'conv_impl')}
 
 
 class ConditionalPixelCNN(model_parts.Capabilities, nn.Module):
@@ -96,6 +96,7 @@ class ConditionalPixelCNN(model_parts.Capabilities, nn.Module):
   num_channels: int = 1
   head_features: int = 256
   dtype: Any = 'float32'
+  conv_impl: str = 'conv'        # as GatedPixelCNN's
   conditioning: str = 'global'   # or 'spatial'
   spatial_features: int = 16     # maps s = m(h)
   spatial_hidden: int = 64       # width of m

@@ -29,6 +29,9 @@ class GatedPixelCNN(model_parts.Capabilities, nn.Module):
   num_classes: int = 0     # > 0: class-conditional on `labels`
   head_features: int = 256
   dtype: Any = 'float32'   # compute dtype; params and logits stay float32
+  # How the convolutions compute (layers.CONV_IMPLS): speed only, the same
+  # function and parameters; train.Trainer sets it from config.conv_impl.
+  conv_impl: str = 'conv'
 
   def __post_init__(self):
     model_parts.check_common(self)
@@ -60,7 +63,7 @@ class GatedPixelCNN(model_parts.Capabilities, nn.Module):
           self.first_kernel_size if i == 0 else self.kernel_size,
           num_colors=self.num_channels, first=i == 0,
           last=i == self.num_layers - 1, dtype=dtype,
-          name=f'block_{i}')(v, h, h_BxD, cond_maps)
+          conv_impl=self.conv_impl, name=f'block_{i}')(v, h, h_BxD, cond_maps)
       skips.append(skip)
     return model_parts.OutputHead(self.head_features, self.num_channels, dtype,
                       name='head')(sum(skips))
@@ -76,6 +79,7 @@ class PixelCNN(model_parts.Capabilities, nn.Module):
   num_classes: int = 0     # the baseline is unconditional; must stay 0
   head_features: int = 256
   dtype: Any = 'float32'
+  conv_impl: str = 'conv'  # as GatedPixelCNN's
 
   def __post_init__(self):
     model_parts.check_common(self)
@@ -96,7 +100,7 @@ class PixelCNN(model_parts.Capabilities, nn.Module):
       return layers.MaskedConv(
           features, (k, k), ((k // 2, k // 2), (k // 2, k // 2)),
           mask_type=mask_type, current=(k // 2, k // 2), num_colors=C,
-          dtype=dtype, name=name)
+          dtype=dtype, conv_impl=self.conv_impl, name=name)
 
     x = centred(self.features, self.first_kernel_size, 'A', 'input_conv')(
         model_parts.scale_images(images))

@@ -69,23 +69,72 @@ def kernel_mask(kernel_size: tuple[int, int], current: tuple[int, int],
   return mask
 
 
-def apply_mask(kernel_KhxKwxIxO: Array, mask_type: str | None,
-               num_colors: int = 1, current: tuple[int, int] | None = None,
-               in_halves: int = 1, out_halves: int = 1) -> Array:
-  """The kernel with its causal/colour mask applied (see `kernel_mask`).
-
-  ``current`` defaults to the bottom-right tap. The mask is a numpy constant,
-  so under jit it folds into the kernel.
-  """
+def mask_of(kernel_shape: tuple[int, int, int, int], mask_type: str | None,
+            num_colors: int = 1, current: tuple[int, int] | None = None,
+            in_halves: int = 1, out_halves: int = 1) -> np.ndarray | None:
+  """The [kh, kw, in, out] causal/colour mask of a kernel of this shape (see
+  `kernel_mask`; ``current`` defaults to the bottom-right tap), or None for
+  ``mask_type=None``."""
   if mask_type is None:
-    return kernel_KhxKwxIxO
-  kh, kw, num_in, num_out = kernel_KhxKwxIxO.shape
+    return None
+  kh, kw, num_in, num_out = kernel_shape
   current = current if current is not None else (kh - 1, kw - 1)
-  mask = kernel_mask((kh, kw), current,
+  return kernel_mask((kh, kw), current,
                      channel_groups(num_in, num_colors, in_halves),
                      channel_groups(num_out, num_colors, out_halves),
                      mask_type)
-  return kernel_KhxKwxIxO * mask
+
+
+def apply_mask(kernel_KhxKwxIxO: Array, mask_type: str | None,
+               num_colors: int = 1, current: tuple[int, int] | None = None,
+               in_halves: int = 1, out_halves: int = 1) -> Array:
+  """The kernel with its causal/colour mask applied (see `mask_of`).
+
+  The mask is a numpy constant, so under jit it folds into the kernel.
+  """
+  mask = mask_of(kernel_KhxKwxIxO.shape, mask_type, num_colors, current,
+                 in_halves, out_halves)
+  return kernel_KhxKwxIxO if mask is None else kernel_KhxKwxIxO * mask
+
+
+# How `convolve` computes a convolution. All compute the same function (up
+# to float rounding; tests/test_layers.py) and differ only in speed, which
+# depends on the machine: 'conv' is XLA's convolution, 'im2col' one matmul
+# over the patches of the open taps stacked along the channels, 'taps' one
+# matmul per open tap, summed. train.Trainer picks one by measuring
+# (`config.conv_impl`, gated_pixelcnn.tuning).
+CONV_IMPLS = ('conv', 'im2col', 'taps')
+
+
+def convolve(x_BxHxWxI: Array, kernel_KhxKwxIxO: Array, padding: Padding,
+             impl: str = 'conv', open_taps: np.ndarray | None = None
+             ) -> Array:
+  """Stride-1 NHWC convolution (cross-correlation, as XLA's) of ``x`` with
+  ``kernel`` after zero ``padding``, computed as ``impl`` says.
+
+  ``open_taps`` [kh, kw] bool marks the taps that may be non-zero (None: all);
+  'im2col' and 'taps' skip the closed ones, 'conv' multiplies them by zero.
+  """
+  if impl == 'conv':
+    return jax.lax.conv_general_dilated(
+        x_BxHxWxI, kernel_KhxKwxIxO, window_strides=(1, 1), padding=padding,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}')
+  kh, kw, num_in, num_out = kernel_KhxKwxIxO.shape
+  x = jnp.pad(x_BxHxWxI, ((0, 0), *padding, (0, 0)))
+  H, W = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  taps = [(a, b) for a in range(kh) for b in range(kw)
+          if open_taps is None or open_taps[a, b]]
+  if not taps:
+    return jnp.zeros((*x.shape[:1], H, W, num_out), x.dtype)
+  patches = [x[:, a:a + H, b:b + W] for a, b in taps]
+  if impl == 'taps':
+    return sum(jnp.einsum('bhwi,io->bhwo', patch, kernel_KhxKwxIxO[a, b])
+               for patch, (a, b) in zip(patches, taps))
+  columns = jnp.concatenate(patches, axis=-1)      # [B, H, W, taps * I]
+  weights = jnp.concatenate([kernel_KhxKwxIxO[a, b] for a, b in taps])
+  return jnp.einsum('bhwk,ko->bhwo', columns, weights)
 
 
 class MaskedConv(nn.Module):
@@ -105,23 +154,25 @@ class MaskedConv(nn.Module):
   out_halves: int = 1
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'conv'  # how to compute it (`convolve`): speed only
 
   @nn.compact
   def __call__(self, x_BxHxWxI: Array) -> Array:
     kh, kw = self.kernel_size
-    kernel = self.param(
-        'kernel', nn.initializers.lecun_normal(),
-        (kh, kw, x_BxHxWxI.shape[-1], self.features), jnp.float32)
-    kernel = apply_mask(kernel, self.mask_type, self.num_colors, self.current,
-                        self.in_halves, self.out_halves)
+    shape = (kh, kw, x_BxHxWxI.shape[-1], self.features)
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), shape,
+                        jnp.float32)
+    mask = mask_of(shape, self.mask_type, self.num_colors, self.current,
+                   self.in_halves, self.out_halves)
+    if mask is not None:
+      kernel = kernel * mask
     x = x_BxHxWxI.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     if self.kernel_size == (1, 1) and self.padding == ((0, 0), (0, 0)):
       y = jnp.einsum('bhwi,io->bhwo', x, kernel[0, 0])
     else:
-      y = jax.lax.conv_general_dilated(
-          x, kernel, window_strides=(1, 1), padding=self.padding,
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = convolve(x, kernel, self.padding, self.conv_impl,
+                   None if mask is None else mask.any(axis=(2, 3)))
     if self.use_bias:
       bias = self.param('bias', nn.initializers.zeros, (self.features,),
                         jnp.float32)
@@ -175,6 +226,7 @@ class GatedBlock(nn.Module):
   first: bool = False      # mask A on the current pixel, no residual
   last: bool = False       # vertical output and residual path are unused
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'conv'  # how the stacks' convolutions compute (`convolve`)
 
   @nn.compact
   def __call__(self, v_BxHxWxI: Array, h_BxHxWxI: Array,
@@ -186,9 +238,11 @@ class GatedBlock(nn.Module):
     mask = 'A' if self.first else 'B'
 
     v_pre = MaskedConv(2 * p, (k // 2 + 1, k), vertical_padding(k),
-                       dtype=self.dtype, name='vertical_conv')(v_BxHxWxI)
+                       dtype=self.dtype, conv_impl=self.conv_impl,
+                       name='vertical_conv')(v_BxHxWxI)
     h_pre = MaskedConv(2 * p, (1, k // 2 + 1), horizontal_padding(k),
-                       mask_type=mask, num_colors=C, out_halves=2, dtype=self.dtype,
+                       mask_type=mask, num_colors=C, out_halves=2,
+                       dtype=self.dtype, conv_impl=self.conv_impl,
                        name='horizontal_conv')(h_BxHxWxI)
     # Link from the vertical pre-activation, shifted so row i gets rows < i.
     link = MaskedConv(2 * p, use_bias=False, dtype=self.dtype,

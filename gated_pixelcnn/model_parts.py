@@ -127,6 +127,10 @@ def check_common(module) -> None:
   check_divisible('head_features', module.head_features, module.num_channels)
   if module.num_classes < 0:
     raise ValueError(f'num_classes must be >= 0, got {module.num_classes}.')
+  impl = getattr(module, 'conv_impl', 'conv')
+  if impl not in layers.CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {layers.CONV_IMPLS}, got '
+                     f'{impl!r}.')
   if str(module.dtype) not in ('float32', 'bfloat16') and not (
       isinstance(module.dtype, type) and module.dtype in (jnp.float32,
                                                           jnp.bfloat16)):

@@ -37,8 +37,12 @@ MODELS = {'gated_pixelcnn': GatedPixelCNN, 'pixelcnn': PixelCNN,
           'embedding_net': EmbeddingNet}
 
 
-def create_model(model_config) -> nn.Module:
-  """Builds the flax Module named by ``model_config.name`` from its fields."""
+def create_model(model_config, conv_impl: str | None = None) -> nn.Module:
+  """Builds the flax Module named by ``model_config.name`` from its fields.
+
+  ``conv_impl``: how the convolutions compute (layers.CONV_IMPLS; the
+  resolved ``config.conv_impl``), for the models that take it; speed only.
+  """
   cfg = dict(model_config)
   name = cfg.pop('name', None)
   if name not in MODELS:
@@ -50,4 +54,6 @@ def create_model(model_config) -> nn.Module:
   if unknown:
     raise ValueError(f'model {name!r} does not take config key(s) {unknown}; '
                      f'it takes {sorted(known)}.')
+  if conv_impl is not None and 'conv_impl' in known:
+    cfg['conv_impl'] = conv_impl
   return cls(**cfg)

@@ -37,6 +37,7 @@ from gated_pixelcnn import optim
 from gated_pixelcnn import parallel
 from gated_pixelcnn import records
 from gated_pixelcnn import steps
+from gated_pixelcnn import tuning
 from gated_pixelcnn import validation
 from gated_pixelcnn import workdir as workdir_lib
 
@@ -65,7 +66,12 @@ class Trainer:
     self.spec = dataclasses.replace(self.data_spec,
                                     image_shape=(H // f, W // f, C))
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
-    self.model = models.create_model(config.model)
+    # How the convolutions compute: speed only. 'auto' is XLA's convolution
+    # until `tune` measures the others (training does).
+    self.conv_impl = config.get('conv_impl', 'auto')
+    if self.conv_impl == 'auto':
+      self.conv_impl = 'conv'
+    self.model = models.create_model(config.model, conv_impl=self.conv_impl)
     self.metric = steps.metric_name(self.model)
     self.with_labels = bool(self.model.num_classes) or (
         self.model.objective == 'triplet')
@@ -79,7 +85,8 @@ class Trainer:
         config, self.mesh.size, self.spec.image_shape,
         self.mesh.devices.flat[0].platform)
     self.batch_sharding = jax.sharding.NamedSharding(self.mesh, P('data'))
-    replicated = jax.sharding.NamedSharding(self.mesh, P())
+    replicated = self.replicated = jax.sharding.NamedSharding(self.mesh, P())
+    self.nll_mask = nll_mask
 
     abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0))
     self.state_sharding = jax.tree_util.tree_map(
@@ -93,18 +100,42 @@ class Trainer:
         abstract, self.state_sharding)
 
     self.init = jax.jit(self._init, out_shardings=self.state_sharding)
+    self._jit_steps()
+
+  def _jit_steps(self) -> None:
+    """self.train_step and self.eval_step of self.model."""
     self.train_step = jax.jit(
         functools.partial(steps.train_step, model=self.model, tx=self.tx,
                           schedule=self.schedule,
-                          ema_decay=config.ema_decay,
-                          microbatches=self.microbatches, nll_mask=nll_mask),
+                          ema_decay=self.config.ema_decay,
+                          microbatches=self.microbatches,
+                          nll_mask=self.nll_mask),
         in_shardings=(self.state_sharding, self.batch_sharding),
-        out_shardings=(self.state_sharding, replicated),
+        out_shardings=(self.state_sharding, self.replicated),
         donate_argnums=0)
     self.eval_step = jax.jit(
-        functools.partial(steps.eval_step, model=self.model, nll_mask=nll_mask),
+        functools.partial(steps.eval_step, model=self.model,
+                          nll_mask=self.nll_mask),
         in_shardings=(self.state_sharding.params, self.batch_sharding),
-        out_shardings=replicated)
+        out_shardings=self.replicated)
+
+  def tune(self) -> None:
+    """Resolves ``config.conv_impl = 'auto'`` to the fastest convolution
+    for this machine and shape (gated_pixelcnn.tuning: measured once,
+    cached) and re-jits the steps with it. Multi-process runs keep XLA's
+    convolution: every process must run the same program."""
+    if (self.config.get('conv_impl', 'auto') != 'auto' or
+        jax.process_count() > 1):
+      return
+    choice = tuning.conv_impl(
+        self.config,
+        lambda impl: models.create_model(self.config.model, conv_impl=impl),
+        self.mesh, (self.config.batch_size, *self.spec.image_shape),
+        self.microbatches)
+    if choice != self.conv_impl:
+      self.conv_impl = choice
+      self.model = models.create_model(self.config.model, conv_impl=choice)
+      self._jit_steps()
 
   def _init(self, rng) -> steps.TrainState:
     init_rng, state_rng = jax.random.split(rng)
@@ -243,6 +274,8 @@ def _train(config, workdir: str, trainer: Trainer, builder, manager,
                  records.digest_note(state))
     records.check_meta(meta, config)
   start_step = int(state.step)
+  if start_step < config.num_train_steps:
+    trainer.tune()
   if jax.process_count() > 1:
     multihost_utils.assert_equal(
         start_step, f'the processes restored different steps from '

@@ -14,6 +14,7 @@ from gated_pixelcnn import conditioning
 from gated_pixelcnn import container
 from gated_pixelcnn import errors
 from gated_pixelcnn import input_pipeline
+from gated_pixelcnn import layers
 from gated_pixelcnn import models
 from gated_pixelcnn import optim
 
@@ -164,6 +165,9 @@ def validate_config(config: ml_collections.ConfigDict,
   check(config.optimizer in optim.OPTIMIZERS,
         f'optimizer {config.optimizer!r} is not one of '
         f'{sorted(optim.OPTIMIZERS)}.')
+  conv_impls = ('auto', *layers.CONV_IMPLS)
+  check(config.get('conv_impl', 'auto') in conv_impls,
+        f'conv_impl {config.get("conv_impl")!r} is not one of {conv_impls}.')
   check(config.lr_schedule in optim.SCHEDULES,
         f'lr_schedule {config.lr_schedule!r} is not one of '
         f'{optim.SCHEDULES}.')

@@ -38,10 +38,11 @@ def _rng_cases(n, seed=0):
            int(rng.choice([0, 5])), bool(rng.integers(2)), 5, 6)
 
 
-def _gated(C, L, k, k0, classes, maps, H, W):
+def _gated(C, L, k, k0, classes, maps, H, W, conv_impl='conv'):
   model = models.GatedPixelCNN(
       num_layers=L, features=8 * C, kernel_size=k, first_kernel_size=k0,
-      num_channels=C, num_classes=classes, head_features=8 * C)
+      num_channels=C, num_classes=classes, head_features=8 * C,
+      conv_impl=conv_impl)
   cond = {}
   rng = np.random.default_rng(7)
   if classes:
@@ -63,6 +64,29 @@ def test_gated_no_leak_and_no_blind_spot(case):
   missing = expected & ~changed
   assert not missing.any(), f'blind spot: {np.argwhere(missing)[:5]}'
   assert np.array_equal(changed, expected)
+
+
+@pytest.mark.parametrize('conv_impl', ['im2col', 'taps'])
+@pytest.mark.parametrize('case', [GATED_CASES[1], GATED_CASES[5],
+                                  GATED_CASES[7]], ids=str)
+def test_every_conv_impl_has_the_same_receptive_field(case, conv_impl):
+  """The matmul formulations of the convolutions (layers.convolve) skip
+  the closed taps: still no leak, and exactly the same receptive field."""
+  C, L, k, k0, _, _, H, W = case
+  model, cond = _gated(*case, conv_impl=conv_impl)
+  changed = influence(model, H, W, C, **cond)
+  assert np.array_equal(changed, gated_receptive_field(H, W, C, L, k, k0))
+
+
+@pytest.mark.parametrize('conv_impl', ['im2col', 'taps'])
+def test_pixelcnn_conv_impls_have_the_same_receptive_field(conv_impl):
+  C, H, W = 3, 7, 7
+  kwargs = dict(num_layers=2, features=12 * C, kernel_size=3,
+                first_kernel_size=5, num_channels=C, head_features=8 * C)
+  reference = influence(models.PixelCNN(**kwargs), H, W, C, num_bases=6)
+  changed = influence(models.PixelCNN(**kwargs, conv_impl=conv_impl), H, W,
+                      C, num_bases=6)
+  assert np.array_equal(changed, reference)
 
 
 @pytest.mark.parametrize('C', [1, 3])

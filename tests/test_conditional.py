@@ -289,6 +289,7 @@ def _on_fake_data(config, fake_config, **overrides):
   config.batch_size = 8
   config.eval_batch_size = 8
   config.microbatches = 0
+  config.conv_impl = 'conv'   # no timing of tiny models (test_tuning.py)
   config.sample.during_training = False
   model = config.model
   for key, value in SMALL.items():

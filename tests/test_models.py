@@ -9,6 +9,7 @@ import pytest
 
 from configs import default as default_config
 from configs import imagenet64
+from gated_pixelcnn import layers
 from gated_pixelcnn import likelihood
 from gated_pixelcnn import models
 
@@ -145,12 +146,56 @@ def test_initial_bits_per_dim_near_uniform():
     (dict(num_channels=2), 'num_channels'),
     (dict(num_layers=0), 'num_layers'),
     (dict(dtype='float16'), 'dtype'),
+    (dict(conv_impl='winograd'), 'conv_impl'),
 ])
 @pytest.mark.parametrize('cls', [models.GatedPixelCNN, models.PixelCNN])
 def test_bad_hyperparameters(cls, kwargs, message):
   base = dict(features=12, head_features=12, num_channels=1)
   with pytest.raises(ValueError, match=message):
     cls(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize('padding', [((1, 0), (2, 2)), ((0, 0), (3, 0)),
+                                     ((2, 2), (2, 2))])
+@pytest.mark.parametrize('impl', layers.CONV_IMPLS)
+def test_every_conv_impl_computes_the_convolution(impl, padding):
+  """layers.convolve: each formulation equals XLA's convolution, also with
+  closed taps left out (their kernel taps are zero)."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 6, 7, 4)), jnp.float32)
+  kernel = rng.normal(size=(3, 5, 4, 6)).astype(np.float32)
+  open_taps = rng.random((3, 5)) < 0.6
+  kernel[~open_taps] = 0.0
+  reference = layers.convolve(x, kernel, padding, 'conv')
+  for taps in (None, open_taps):
+    y = layers.convolve(x, kernel, padding, impl, taps)
+    assert y.shape == reference.shape
+    np.testing.assert_allclose(y, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name,C', [('gated_pixelcnn', 3),
+                                    ('gated_pixelcnn', 1), ('pixelcnn', 3)])
+def test_every_conv_impl_is_the_same_model(name, C):
+  """Same parameters (names and shapes), same logits and gradients: the
+  choice of config.conv_impl is a matter of speed only."""
+  config = default_config.get_model_config()
+  config.update(name=name, num_layers=3, features=6 * C, num_channels=C,
+                head_features=6 * C)
+  images = jnp.asarray(np.random.default_rng(1).integers(
+      0, 256, (2, 7, 6, C)), jnp.int32)
+  results = {}
+  for impl in layers.CONV_IMPLS:
+    model = models.create_model(config, conv_impl=impl)
+    params = model.init(jax.random.PRNGKey(0), images)['params']
+
+    def loss(params, model=model):
+      return -likelihood.log_prob(model.apply({'params': params}, images),
+                                  images).mean()
+    results[impl] = jax.value_and_grad(loss)(params)
+  for impl in layers.CONV_IMPLS[1:]:
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+        results[impl], results['conv'])
 
 
 @pytest.mark.parametrize('images,message', [
