@@ -9,7 +9,8 @@
 
 Models (configs/default.py's architecture unless said): ``default`` (8 layers,
 p = 48, 28x28x1), ``wide`` (the same at p = 128), ``rgb32`` (the same at
-32x32x3). Every measurement runs in a fresh subprocess so that its peak
+32x32x3), and on request ``deep`` (15 layers, p = 64, 28x28x1). Every
+measurement runs in a fresh subprocess so that its peak
 resident memory (RSS) is its own. The step is the real `steps.train_step`
 (RMSProp, as the PyTorch reference's) on one fixed random batch, jitted
 with its state donated; timing starts after compilation and --warmup steps,
@@ -56,10 +57,13 @@ MODELS = {
     'default': dict(features=48, image_shape=(28, 28, 1)),
     'wide': dict(features=128, image_shape=(28, 28, 1)),
     'rgb32': dict(features=48, image_shape=(32, 32, 3)),
+    # Deeper and wider: where XLA's convolution was found slower than
+    # PyTorch's on a CPU with AVX but no AVX2.
+    'deep': dict(features=64, num_layers=15, image_shape=(28, 28, 1)),
 }
 SCALING_SIZES = (16, 32, 64)
 
-_MODELS = flags.DEFINE_string('models', ','.join(MODELS),
+_MODELS = flags.DEFINE_string('models', 'default,wide,rgb32',
                               f'comma-separated subset of {sorted(MODELS)}')
 _COMPARE_TORCH = flags.DEFINE_bool(
     'compare-torch', False, 'also time the PyTorch reference (bench extra)')
@@ -152,10 +156,11 @@ class Settings:
             f'--microbatches={self.microbatches}']
 
 
-def model_config(features, num_channels, dtype='float32'):
+def model_config(features, num_channels, dtype='float32', num_layers=None):
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_model_config()
   config.features = features
+  config.num_layers = num_layers or config.num_layers
   config.num_channels = num_channels
   config.head_features -= config.head_features % num_channels
   config.dtype = dtype
@@ -204,8 +209,9 @@ def jitted_step(config, images):
 
   microbatches = parallel.num_microbatches(config, devices,
                                            images.shape[1:], 'cpu')
+  impl = config.get('conv_impl', 'conv')
   model = models.create_model(config.model,
-                              conv_impl=config.get('conv_impl', 'conv'))
+                              conv_impl='conv' if impl == 'auto' else impl)
   tx, schedule = optim.create_optimizer(config)
   mesh = parallel.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, parallel.P())
@@ -225,7 +231,8 @@ def jitted_step(config, images):
 
 
 def measure_jax(settings: Settings, features, image_shape,
-                conv_impl: str = 'conv') -> dict:
+                conv_impl: str = 'conv', num_layers: int | None = None
+                ) -> dict:
   """One JAX measurement (run in its own process)."""
   from configs import default  # pylint: disable=g-import-not-at-top
 
@@ -234,7 +241,8 @@ def measure_jax(settings: Settings, features, image_shape,
   config.batch_size = settings.batch
   config.cpu_devices = settings.cpu_devices
   config.microbatches = settings.microbatches
-  config.model = model_config(features, image_shape[-1], settings.dtype)
+  config.model = model_config(features, image_shape[-1], settings.dtype,
+                              num_layers)
   step, state, batch, devices, microbatches = jitted_step(
       config, _images(settings.batch, image_shape))
   import jax  # pylint: disable=g-import-not-at-top
@@ -271,7 +279,8 @@ def measure_jax(settings: Settings, features, image_shape,
       matmul_gflops=cost.measured_matmul_gflops())
 
 
-def measure_torch(settings: Settings, features, image_shape) -> dict:
+def measure_torch(settings: Settings, features, image_shape,
+                  num_layers: int | None = None) -> dict:
   """The PyTorch reference, timed the same way (run in its own process)."""
   import torch  # pylint: disable=g-import-not-at-top
   from bench import torch_reference  # pylint: disable=g-import-not-at-top
@@ -281,7 +290,8 @@ def measure_torch(settings: Settings, features, image_shape) -> dict:
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   config = default.get_config()
-  config.model = model_config(features, image_shape[-1])
+  config.model = model_config(features, image_shape[-1],
+                              num_layers=num_layers)
   model = torch_reference.channels_last(
       torch_reference.from_config(config.model))
   optimizer = torch.optim.RMSprop(
@@ -355,10 +365,12 @@ def _child(spec_json: str, settings: Settings) -> None:
   spec = json.loads(spec_json)
   if spec['framework'] == 'torch':
     result = measure_torch(settings, spec['features'],
-                           tuple(spec['image_shape']))
+                           tuple(spec['image_shape']),
+                           spec.get('num_layers'))
   else:
     result = measure_jax(settings, spec['features'],
-                         tuple(spec['image_shape']), spec['conv_impl'])
+                         tuple(spec['image_shape']), spec['conv_impl'],
+                         spec.get('num_layers'))
   print('RESULT ' + json.dumps(result))
 
 

@@ -68,9 +68,10 @@ def params_digest(params) -> bytes:
 
 def model_fingerprint(model, step: int, params) -> bytes:
   """16 bytes naming the exact model: its configuration (the module's
-  fields), checkpoint step and parameters."""
+  fields but ``conv_impl``, which the coder's cached path does not use),
+  checkpoint step and parameters."""
   fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-            if f.name not in ('parent', 'name')}
+            if f.name not in ('parent', 'name', 'conv_impl')}
   h = hashlib.sha256(b'gated_pixelcnn compression model\n')
   h.update(f'{type(model).__name__}\n'.encode())
   h.update(json.dumps(fields, sort_keys=True, default=str).encode())

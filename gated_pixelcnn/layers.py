@@ -98,7 +98,7 @@ def apply_mask(kernel_KhxKwxIxO: Array, mask_type: str | None,
 
 
 # How `convolve` computes a convolution. All compute the same function (up
-# to float rounding; tests/test_layers.py) and differ only in speed, which
+# to float rounding; tests/test_models.py) and differ only in speed, which
 # depends on the machine: 'conv' is XLA's convolution, 'im2col' one matmul
 # over the patches of the open taps stacked along the channels, 'taps' one
 # matmul per open tap, summed. train.Trainer picks one by measuring
@@ -129,9 +129,10 @@ def convolve(x_BxHxWxI: Array, kernel_KhxKwxIxO: Array, padding: Padding,
   if not taps:
     return jnp.zeros((*x.shape[:1], H, W, num_out), x.dtype)
   patches = [x[:, a:a + H, b:b + W] for a, b in taps]
-  if impl == 'taps':
-    return sum(jnp.einsum('bhwi,io->bhwo', patch, kernel_KhxKwxIxO[a, b])
-               for patch, (a, b) in zip(patches, taps))
+  if impl == 'taps':   # summed in float32, rounded once as the others
+    return sum(jnp.einsum('bhwi,io->bhwo', patch, kernel_KhxKwxIxO[a, b],
+                          preferred_element_type=jnp.float32)
+               for patch, (a, b) in zip(patches, taps)).astype(x.dtype)
   columns = jnp.concatenate(patches, axis=-1)      # [B, H, W, taps * I]
   weights = jnp.concatenate([kernel_KhxKwxIxO[a, b] for a, b in taps])
   return jnp.einsum('bhwk,ko->bhwo', columns, weights)

@@ -6,9 +6,12 @@ depends on the CPU (AVX-512 or only AVX) and on the shapes, so each
 candidate's train step is compiled and timed on the run's own mesh, model
 and batch shape (a few steps, a few seconds each), and the fastest is kept
 in a small JSON cache (``$XDG_CACHE_HOME/gated_pixelcnn/tuning.json``),
-keyed by the CPU, the JAX version, XLA_FLAGS and the shapes. Every choice
-computes the same function with the same parameters (tests/test_models.py),
-so the choice can change between runs and resumes freely.
+keyed by the CPU, the JAX version, XLA_FLAGS and the shapes; delete the
+file to measure again. Another formulation replaces XLA's convolution only
+when it is at least MARGIN faster, so timing noise does not move it. Every
+choice computes the same function with the same parameters
+(tests/test_models.py), up to float rounding, so the choice may change
+between runs and resumes.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import pathlib
+import platform
 import time
 from typing import Callable, Sequence
 
@@ -35,10 +40,18 @@ from gated_pixelcnn import workdir
 MAX_CACHE_BYTES = 1 << 20
 MAX_ENTRIES = 256
 TIMED_STEPS = 3
+# How much faster than the first candidate (XLA's convolution) another
+# must be to be chosen.
+MARGIN = 0.05
 
 
-def cache_path() -> pathlib.Path:
-  root = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+def cache_path() -> pathlib.Path | None:
+  """$XDG_CACHE_HOME/gated_pixelcnn/tuning.json (~/.cache without it);
+  None where there is no home folder (nothing is cached then)."""
+  try:
+    root = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+  except RuntimeError:
+    return None
   return pathlib.Path(root) / 'gated_pixelcnn' / 'tuning.json'
 
 
@@ -57,25 +70,40 @@ def cpu_name() -> str:
           break
   except OSError:
     pass
+  if name == 'unknown CPU':
+    name = platform.processor() or platform.machine() or name
   wanted = ('avx', 'fma', 'avx2', 'avx512f', 'amx_tile')
   return f"{name} [{' '.join(f for f in wanted if f in flags)}]"
 
 
-def _read(path: pathlib.Path) -> dict:
-  """The cache's entries; an unreadable, oversized or malformed file is
-  ignored with a warning (it is only a cache) and replaced when written."""
+def _valid(entry) -> bool:
+  if not isinstance(entry, dict):
+    return False
+  seconds = entry.get('seconds')
+  return (entry.get('choice') in layers.CONV_IMPLS and
+          isinstance(seconds, dict) and
+          all(isinstance(v, (int, float)) for v in seconds.values()))
+
+
+def _read(path: pathlib.Path | None) -> dict:
+  """The cache's entries; a missing file is empty, and an unreadable,
+  oversized, malformed or not a regular file is ignored with a warning (it
+  is only a cache) and replaced when written."""
+  if path is None or not path.exists():
+    return {}
   try:
-    if not path.exists():
-      return {}
-    if path.stat().st_size > MAX_CACHE_BYTES:
+    if not path.is_file():
+      raise ValueError('not a regular file')
+    with open(path, 'rb') as f:
+      data = f.read(MAX_CACHE_BYTES + 1)
+    if len(data) > MAX_CACHE_BYTES:
       raise ValueError(f'larger than {MAX_CACHE_BYTES} bytes')
-    entries = json.loads(path.read_text())
+    entries = json.loads(data)
     if not isinstance(entries, dict) or not all(
-        isinstance(v, dict) and v.get('choice') in layers.CONV_IMPLS
-        for v in entries.values()):
+        _valid(v) for v in entries.values()):
       raise ValueError('not a tuning cache')
     return entries
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, RecursionError) as e:
     logging.warning('Ignoring the tuning cache %s (%s); measuring again.',
                     path, e)
     return {}
@@ -85,25 +113,39 @@ def choose(key: dict, candidates: Sequence[str],
            measure: Callable[[str], float],
            path: pathlib.Path | None = None) -> tuple[str, dict]:
   """The candidate with the least ``measure(candidate)`` (seconds) for
-  ``key``: from the cache when it holds ``key``, else measured and stored.
-  Returns (choice, {candidate: seconds} or the cached entry)."""
+  ``key``, the first one unless another is MARGIN faster: from the cache
+  when it holds ``key``, else measured and stored. A candidate whose
+  measurement fails (e.g. out of memory) counts as infinitely slow.
+  Returns (choice, the cache entry: choice, seconds, key, when)."""
   path = path or cache_path()
   digest = hashlib.sha256(
       json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
   entries = _read(path)
   if digest in entries and entries[digest]['choice'] in candidates:
     return entries[digest]['choice'], entries[digest]
-  seconds = {c: measure(c) for c in candidates}
+  seconds = {}
+  for candidate in candidates:
+    try:
+      seconds[candidate] = float(measure(candidate))
+    except Exception as e:  # pylint: disable=broad-except
+      if candidate == candidates[0]:
+        raise
+      logging.warning('Timing %r failed (%s: %s); not using it.', candidate,
+                      type(e).__name__, e)
+      seconds[candidate] = math.inf
   choice = min(seconds, key=seconds.get)
+  if seconds[choice] > (1 - MARGIN) * seconds[candidates[0]]:
+    choice = candidates[0]
   entries[digest] = {'choice': choice, 'seconds': seconds, 'key': key,
                      'measured': time.strftime('%Y-%m-%dT%H:%M:%S')}
   if len(entries) > MAX_ENTRIES:   # the oldest go first
     entries = dict(list(entries.items())[-MAX_ENTRIES:])
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workdir.write_atomic(path, json.dumps(entries, indent=1))
-  except OSError as e:
-    logging.warning('Could not write the tuning cache %s (%s).', path, e)
+  if path is not None:
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      workdir.write_atomic(path, json.dumps(entries, indent=1))
+    except OSError as e:
+      logging.warning('Could not write the tuning cache %s (%s).', path, e)
   return choice, entries[digest]
 
 

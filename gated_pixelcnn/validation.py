@@ -184,6 +184,9 @@ def validate_config(config: ml_collections.ConfigDict,
         f'model.num_classes = {num_classes} but {config.dataset} '
         f'has {spec.num_classes or "no"} labels; use 0 (unconditional)'
         + (f' or {spec.num_classes}.' if spec.num_classes else '.'))
+  check('conv_impl' not in config.model,
+        'model.conv_impl is not a model field; how the convolutions compute '
+        'is the top-level --config.conv_impl.')
   try:
     model = models.create_model(config.model)  # checks the architecture
   except ValueError as e:

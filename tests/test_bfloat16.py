@@ -77,14 +77,14 @@ def train_losses(dtype: str, images: np.ndarray, batch: int) -> np.ndarray:
 def test_bfloat16_training_tracks_float32():
   """300 steps of batch 8 on Fashion-MNIST training images (14x14, every
   second pixel), bfloat16 compute against float32 from the same start:
-  the loss falls from over 8 to under 4 bits/dim in both, and the means
+  the loss falls from about 8 to under 4 bits/dim in both, and the means
   of every 50 steps agree within 0.02 bits/dim (measured: at most 0.006,
   bfloat16 the lower)."""
   path = datasets.find_file(pathlib.Path(datasets.DEBIAN_FASHION_MNIST),
                             'train-images-idx3-ubyte')
   images = datasets.read_idx(path, 3)[:2400, ::2, ::2, None].astype(np.int32)
   f32, bf16 = (train_losses(d, images, 8) for d in ('float32', 'bfloat16'))
-  assert f32[0] > 8.0 and bf16[0] > 8.0, (f32[0], bf16[0])
+  assert f32[0] > 7.5 and bf16[0] > 7.5, (f32[0], bf16[0])  # both 8.17
   f32, bf16 = (x.reshape(6, 50).mean(axis=1) for x in (f32, bf16))
   assert f32[-1] < 4.0 and bf16[-1] < 4.0, (f32, bf16)
   assert np.abs(bf16 - f32).max() < 0.02, (f32, bf16)
@@ -104,3 +104,19 @@ def test_bfloat16_bits_per_dim_match_float32():
     bpd[dtype] = pretrained.subset_bits_per_dim(
         models.create_model(config), model.params, images)
   assert abs(bpd['bfloat16'] - bpd['float32']) < 0.005, bpd
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize('impl', ['im2col', 'taps'])
+def test_bfloat16_conv_impls_match_xla_conv(impl):
+  """The committed model in bfloat16 with each way of computing the
+  convolutions: bits/dim on 50 test images within 0.005 of XLA's
+  convolution (each rounds its sums to bfloat16 once)."""
+  model = pretrained.load(COMMITTED)
+  images = pretrained.first_test_images(model.config, 50)
+  config = model.config.model.copy_and_resolve_references()
+  config.dtype = 'bfloat16'
+  bpd = {i: pretrained.subset_bits_per_dim(
+      models.create_model(config, conv_impl=i), model.params, images, 50)
+         for i in ('conv', impl)}
+  assert abs(bpd[impl] - bpd['conv']) < 0.005, bpd

@@ -143,6 +143,21 @@ def test_encoder_and_decoder_see_identical_frequencies(sharp, monkeypatch):
   assert ideal <= _payload_bits(data) <= ideal + 64 + 1e-4 * ideal
 
 
+def test_fingerprint_ignores_how_the_convolutions_compute():
+  """conv_impl is speed only and the coder's cached path does not use it:
+  files written before it existed, or under another choice, still decode.
+  """
+  kwargs = dict(num_layers=1, features=8, head_features=8)
+  params = models.GatedPixelCNN(**kwargs).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1), jnp.int32))['params']
+  prints = {compression.model_fingerprint(
+      models.GatedPixelCNN(**kwargs, conv_impl=impl), 5, params)
+            for impl in ('conv', 'im2col', 'taps')}
+  assert len(prints) == 1
+  assert prints != {compression.model_fingerprint(
+      models.GatedPixelCNN(**kwargs), 6, params)}
+
+
 def test_quantized_frequencies_edge_cases():
   logits = jnp.asarray(np.stack([
       np.zeros(256), np.full(256, -1e30), np.r_[1e4, np.zeros(255)],

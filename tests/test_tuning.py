@@ -2,6 +2,7 @@
 machine and shape, cached, and a damaged cache is only a cache."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -39,22 +40,59 @@ def test_choose_measures_once_and_keeps_the_fastest(cache):
   assert len(json.loads(cache.read_text())) == 2
 
 
+def test_another_formulation_must_be_clearly_faster(cache):
+  del cache
+  for im2col, expected in ((0.97, 'conv'), (0.9, 'im2col')):
+    times = {'conv': 1.0, 'im2col': im2col, 'taps': 2.0}
+    assert tuning.choose({'im2col': im2col}, layers.CONV_IMPLS,
+                         times.get)[0] == expected
+
+
+def test_a_failed_measurement_is_not_chosen(cache):
+  del cache
+
+  def measure(impl):
+    if impl == 'im2col':
+      raise MemoryError('out of memory')
+    return {'conv': 1.0, 'taps': 1.5}[impl]
+  choice, entry = tuning.choose({'cpu': 'test'}, layers.CONV_IMPLS, measure)
+  assert choice == 'conv' and entry['seconds']['im2col'] == float('inf')
+
+
+GOOD = b'{"k": {"choice": "conv", "seconds": {"conv": 1.0}}}'
+
+
 @pytest.mark.parametrize('content', [
-    b'{not json', b'[1, 2]', b'{"k": {"choice": "winograd"}}',
-    b'{"k": {"choice": "conv"}}' + b' ' * tuning.MAX_CACHE_BYTES])
+    b'{not json', b'[1, 2]', b'[' * 100_000 + b']' * 100_000,
+    b'{"k": {"choice": "winograd", "seconds": {}}}',
+    b'{"k": {"choice": "conv"}}', b'{"k": {"choice": "conv", "seconds": 1}}',
+    b'{"k": {"choice": "conv", "seconds": {"conv": "fast"}}}', b'{"k": 3}',
+    GOOD[:-1] + b' ' * tuning.MAX_CACHE_BYTES + b'}', 'fifo'])
 def test_a_damaged_cache_is_measured_again_and_replaced(cache, content):
   cache.parent.mkdir(parents=True)
-  cache.write_bytes(content)
+  if content == 'fifo':   # would block a reader forever
+    os.mkfifo(cache)
+  else:
+    cache.write_bytes(content)
   choice, _ = tuning.choose({'cpu': 'test'}, layers.CONV_IMPLS,
                             {'conv': 2.0, 'im2col': 3.0, 'taps': 1.0}.get)
   assert choice == 'taps'
   assert [v['choice'] for v in json.loads(cache.read_text()).values()] == [
       'taps']
+  # A good file is read as it is.
+  cache.write_bytes(GOOD)
+  assert tuning._read(cache) == json.loads(GOOD)  # pylint: disable=protected-access
 
 
 def test_bad_conv_impl_is_a_config_error(fake_config):
   fake_config.conv_impl = 'winograd'
   with pytest.raises(errors.ConfigError, match="conv_impl 'winograd'"):
+    validation.validate_config(fake_config)
+
+
+def test_conv_impl_in_the_model_config_is_a_config_error(fake_config):
+  fake_config.model.conv_impl = 'taps'
+  with pytest.raises(errors.ConfigError, match='--config.conv_impl'):
     validation.validate_config(fake_config)
 
 
