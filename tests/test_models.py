@@ -183,15 +183,18 @@ def test_every_conv_impl_is_the_same_model(name, C):
                 head_features=6 * C)
   images = jnp.asarray(np.random.default_rng(1).integers(
       0, 256, (2, 7, 6, C)), jnp.int32)
-  results = {}
+  results, params = {}, None
   for impl in layers.CONV_IMPLS:
     model = models.create_model(config, conv_impl=impl)
-    params = model.init(jax.random.PRNGKey(0), images)['params']
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+    if params is None:
+      params = model.init(jax.random.PRNGKey(0), images)['params']
+    assert shapes['params'] == jax.eval_shape(lambda p: p, params)
 
     def loss(params, model=model):
       return -likelihood.log_prob(model.apply({'params': params}, images),
                                   images).mean()
-    results[impl] = jax.value_and_grad(loss)(params)
+    results[impl] = jax.jit(jax.value_and_grad(loss))(params)
   for impl in layers.CONV_IMPLS[1:]:
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
