@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
@@ -234,17 +233,9 @@ def train_candidate(name: str, minutes: float, points: int,
 
 
 def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      info = f.read()
-    name = next(line.split(':', 1)[1].strip() for line in info.splitlines()
-                if line.startswith('model name'))
-    cpu_flags = next(line for line in info.splitlines()
-                     if line.startswith('flags')).split()
-    isa = [f for f in ('avx512f', 'avx2', 'avx', 'fma') if f in cpu_flags]
-    return f'{name} ({", ".join(isa)}; {os.cpu_count()} cores)'
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
+  """The CPU (gated_pixelcnn.tuning reads it) and its core count."""
+  from gated_pixelcnn import tuning  # pylint: disable=g-import-not-at-top
+  return f'{tuning.cpu_name()}, {os.cpu_count()} cores'
 
 
 def _load(path: pathlib.Path) -> list[dict]:

@@ -188,23 +188,21 @@ def time_train_step(model, mesh, batch_shape, microbatches: int,
 
 def conv_impl(config, make_model: Callable[[str], object], mesh,
               batch_shape, microbatches: int) -> str:
-  """``config.conv_impl``, or for 'auto' the fastest of layers.CONV_IMPLS
-  here (see the module doc): 'conv' off the CPU and for models without
-  convolutions to choose."""
-  wanted = config.get('conv_impl', 'auto')
-  platform = mesh.devices.flat[0].platform
-  if wanted != 'auto':
-    return wanted
+  """What ``config.conv_impl = 'auto'`` means here: the fastest of
+  layers.CONV_IMPLS (see the module doc); 'conv' off the CPU and for models
+  without convolutions to choose."""
   model = make_model('conv')
-  if platform != 'cpu' or not hasattr(model, 'conv_impl'):
+  if (mesh.devices.flat[0].platform != 'cpu' or
+      not hasattr(model, 'conv_impl')):
     return 'conv'
   if hasattr(model, 'decoder_module'):  # conditional: time its decoder
     make_model = lambda impl, make=make_model: make(impl).decoder_module()
+    model = model.decoder_module()
   key = {'cpu': cpu_name(), 'devices': mesh.size, 'jax': jax.__version__,
          'xla_flags': os.environ.get('XLA_FLAGS', ''),
          'model': config.model.to_dict(),
          'batch': list(batch_shape), 'microbatches': microbatches}
-  num_classes = getattr(make_model('conv'), 'num_classes', 0)
+  num_classes = getattr(model, 'num_classes', 0)
 
   def measure(impl: str) -> float:
     logging.info('Timing the train step with conv_impl=%r (once per '
