@@ -171,8 +171,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.compress.output = ''
   # Code only the first num_images inputs (0: all).
   config.compress.num_images = 0
-  # One file per image (each coded alone) instead of one file for all.
+  # One small file per image (any size; gated_pixelcnn.container's compact
+  # format) instead of one file for all.
   config.compress.per_image = False
+  # One-image files are coded this many at a time, in a batch of this fixed
+  # shape (a power of two); decoding one file runs one such batch.
+  config.compress.file_batch = 64
   # Images coded together in one batch and range-coder stream; a file is
   # decoded with the batch size it was written with.
   config.compress.batch_size = 256

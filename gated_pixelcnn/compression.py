@@ -26,6 +26,7 @@ The file format is in `gated_pixelcnn.container`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ import time
 from absl import logging
 import constriction
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -50,6 +52,8 @@ SUFFIX = container.SUFFIX
 # The range coder's model: the quantised frequencies of each sub-pixel, as
 # float64 (exact for integers), renormalised by constriction deterministically.
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
+# One-image files: sub-pixels whose frequencies are range-coded together.
+_SLAB = 256
 
 
 # ------------------------------------------------------------ the model side
@@ -85,21 +89,31 @@ def _platform() -> str:
   return name if name in container.PLATFORMS else 'other'
 
 
-def check_codable(model, config=None) -> None:
-  """Only unconditional Gated PixelCNNs: the cached loop needs a Gated
-  PixelCNN, and a conditional model would need its labels or h sent too."""
+def check_codable(model, config=None, labels_ok: bool = False) -> None:
+  """Only Gated PixelCNNs (the cached loop needs one), unconditional unless
+  ``labels_ok`` (one-image files carry their label)."""
   name = config.model.name if config is not None else type(model).__name__
   if not model.codable:
     raise CompressionError(
         f'compression needs an unconditional Gated PixelCNN (model.name = '
         f"'gated_pixelcnn'); {name!r} has no cached sampler loop to code "
         'with, or is conditioned on an input the decoder would not have.')
-  if model.num_classes:
+  if model.num_classes and not labels_ok:
     raise CompressionError(
         'compression needs an unconditional model: this one is '
         f'class-conditional (model.num_classes = {model.num_classes}), so '
         'the decoder would need every image\'s label. Train and use an '
         'unconditional model (configs/default.py).')
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _image_nll(model, variables, images, labels):
+  """Each image's NLL in nats (the labels' class)."""
+  logits = model.apply(variables, images.astype(jnp.int32), labels)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  picked = jnp.take_along_axis(logp, images.astype(jnp.int32)[..., None],
+                               axis=-1)
+  return -picked.sum(axis=(1, 2, 3, 4))
 
 
 class Codec:
@@ -112,11 +126,21 @@ class Codec:
   ``batch_size`` images are coded together (one range-coder stream per
   batch); a file decodes with the batch size it was written with. Each new
   batch size compiles the coding loop once.
+
+  One-image files (`compress_files`, `decompress_files`): any image size up
+  to container.MAX_SIDE, class-conditional models too; each file holds one
+  range-coder stream and about 13 bytes more, and files are coded
+  ``file_batch`` at a time in a batch of that fixed shape.
   """
 
   def __init__(self, model, params, *, image_shape: tuple[int, int, int],
-               step: int, batch_size: int = 256):
-    check_codable(model)
+               step: int, batch_size: int = 256, file_batch: int = 64):
+    check_codable(model, labels_ok=True)
+    if file_batch < 1 or file_batch & (file_batch - 1) or (
+        file_batch > container.MAX_BATCH):
+      raise CompressionError(f'file_batch must be a power of two in 1..'
+                             f'{container.MAX_BATCH}, got {file_batch}.')
+    self.file_batch = file_batch
     if not 1 <= batch_size <= container.MAX_BATCH:
       raise CompressionError(f'batch_size must be in 1..{container.MAX_BATCH}'
                              f', got {batch_size}.')
@@ -140,14 +164,15 @@ class Codec:
     ``workdir``, read-only; images of the training data's shape."""
     if trainer is None:
       trainer = runs.make_trainer(config)
-    check_codable(trainer.model, config)
+    check_codable(trainer.model, config, labels_ok=True)
     _, state = runs.restore(config, workdir, read_only=True, step=step,
                                  trainer=trainer)
     return cls(trainer.model,
                figures.host_params(trainer.eval_params(state)),
                image_shape=trainer.spec.image_shape, step=int(state.step),
                batch_size=(config.compress.batch_size if batch_size is None
-                           else batch_size))
+                           else batch_size),
+               file_batch=config.compress.file_batch)
 
   # -------------------------------------------------------------- encode
 
@@ -173,6 +198,7 @@ class Codec:
                progress: bool = False) -> bytes:
     """A compressed file holding ``images`` (uint8 [N, H, W, C]) and their
     optional ``names`` (file stems, restored by decompress)."""
+    check_codable(self.model)
     images = self.check_images(images)
     names = container.check_names(names, len(images))
     n = len(images)
@@ -188,20 +214,227 @@ class Codec:
                       'payload')
     return self._pack(n, batch, names, chunks)
 
-  def compress_each(self, images, names: list[str] | None = None,
-                    progress: bool = False) -> list[bytes]:
-    """One self-contained file per image (each coded alone, batch 1)."""
-    images = self.check_images(images)
-    names = container.check_names(names, len(images))
-    start, out = time.time(), []
-    for k in range(len(images)):
-      out.append(self.compress(images[k:k + 1],
-                               None if names is None else names[k:k + 1]))
-      if progress and ((k + 1) % 64 == 0 or k + 1 == len(images)):
-        _log_progress('Compressed', k + 1, len(images), start,
-                      8 * sum(len(d) for d in out), self.image_shape,
-                      'files')
+  # ------------------------------------------------- one-image files
+
+  def batch_for(self, image_shape) -> int:
+    """The coding batch of one-image files of ``image_shape``: file_batch,
+    halved while a batch would hold more than container's sub-pixel bound."""
+    batch = self.file_batch
+    while batch > 1 and not container.batch_fits(batch, image_shape):
+      batch //= 2
+    return batch
+
+  def _check_image(self, image, k: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2 and self.model.num_channels == 1:
+      image = image[..., None]
+    C = self.model.num_channels
+    if image.ndim != 3 or image.shape[2] != C:
+      raise CompressionError(
+          f'image {k} has shape {image.shape}; this model codes [H, W, {C}] '
+          'images.')
+    if image.dtype != np.uint8:
+      if not np.issubdtype(image.dtype, np.integer) or image.size and (
+          image.min() < 0 or image.max() > 255):
+        raise CompressionError(f'image {k} must hold 8-bit integers 0..255 '
+                               f'(got {image.dtype}).')
+      image = image.astype(np.uint8)
+    container.check_compact_fields(image.shape, 1, 0, None)
+    return image
+
+  def _check_labels(self, labels, n: int) -> list[int | None]:
+    num_classes = self.model.num_classes
+    if labels is None:
+      return [None] * n
+    if not num_classes:
+      raise CompressionError('labels given, but the model is unconditional '
+                             '(model.num_classes = 0): leave them out.')
+    labels = [int(x) for x in np.asarray(labels).reshape(-1)]
+    if len(labels) != n or not all(0 <= x < num_classes for x in labels):
+      raise CompressionError(f'give one label in 0..{num_classes - 1} per '
+                             f'image ({n} images, {len(labels)} labels).')
+    return labels
+
+  def best_labels(self, images: np.ndarray) -> np.ndarray:
+    """For a class-conditional model: each image's class of least NLL (the
+    smallest file), from one forward pass per class."""
+    nll = jnp.stack([_image_nll(self.model, self.variables, images,
+                                jnp.full(len(images), c, jnp.int32))
+                     for c in range(self.model.num_classes)])
+    return np.asarray(jnp.argmin(nll, axis=0))
+
+  def compress_files(self, images, labels=None,
+                     progress: bool = False) -> list[bytes]:
+    """One compact file per image (uint8 [H, W, C], sizes may differ).
+
+    A class-conditional model codes each image with its ``labels`` entry, or
+    when None with the class that gives the smallest file; the label goes
+    into the file. Images of one shape are coded `batch_for` at a time.
+    """
+    images = [self._check_image(x, k) for k, x in enumerate(images)]
+    labels = self._check_labels(labels, len(images))
+    groups = {}
+    for k, image in enumerate(images):
+      groups.setdefault(image.shape, []).append(k)
+    out, start, done = [None] * len(images), time.time(), 0
+    for shape, members in groups.items():
+      # A few images code in a smaller batch (a power of two), which also
+      # makes each of their files faster to decode.
+      batch = min(self.batch_for(shape),
+                  1 << (len(members) - 1).bit_length())
+      for lo in range(0, len(members), batch):
+        ks = members[lo:lo + batch]
+        part = np.stack([images[k] for k in ks])
+        got = [labels[k] for k in ks]
+        if self.model.num_classes and None in got:
+          best = self.best_labels(part)
+          got = [int(b) if g is None else g for g, b in zip(got, best)]
+        words = self._encode_files(part, got, batch)
+        for slot, k in enumerate(ks):
+          out[k] = container.pack_compact(
+              fingerprint=self.fingerprint, image=images[k], batch=batch,
+              slot=slot, label=got[slot], words=words[slot])
+        done += len(ks)
+        if progress:
+          _log_progress('Compressed', done, len(images), start, None, None,
+                        'files')
     return out
+
+  def _encode_files(self, images: np.ndarray, labels, batch: int
+                    ) -> list[np.ndarray]:
+    """One range-coder stream per image, all coded in one batch of shape
+    ``batch`` (image k in row k)."""
+    n = len(images)
+    padded = np.zeros((batch, math.prod(images.shape[1:])), np.int32)
+    padded[:n] = images.reshape(n, -1)
+    encoders = [constriction.stream.queue.RangeEncoder() for _ in range(n)]
+    pending, position = [], [0]
+
+    def flush():   # the frequencies come a sub-pixel at a time: code slabs
+      if pending:
+        freqs = np.stack(pending, 1).astype(np.float64)   # [n, t, 256]
+        t0 = position[0] - len(pending)
+        for k, encoder in enumerate(encoders):
+          encoder.encode(padded[k, t0:position[0]], _FAMILY, freqs[k])
+        pending.clear()
+
+    def coder(t, freqs_Bx256):
+      _check_order(t, position)
+      pending.append(freqs_Bx256[:n].copy())
+      if len(pending) == _SLAB:
+        flush()
+      return padded[:, t]
+
+    canvas = self._run(coder, batch, images.shape[1:],
+                       self._batch_labels(labels, batch))
+    flush()
+    if position[0] != padded.shape[1] or not np.array_equal(
+        canvas[:n].reshape(n, -1), padded[:n]):
+      raise RuntimeError('the coding loop did not write the images it coded.')
+    return [e.get_compressed() for e in encoders]
+
+  def _batch_labels(self, labels, batch: int) -> np.ndarray | None:
+    if not self.model.num_classes:
+      return None
+    out = np.zeros(batch, np.int32)
+    out[:len(labels)] = labels
+    return out
+
+  def read_file(self, data: bytes, what: str = 'the file'
+                ) -> container.CompactHeader:
+    """The header of a one-image file, checked against this model."""
+    header = container.read_compact(data, what)
+    model_id = self.fingerprint[:container.MODEL_ID_BYTES]
+    if header.model_id != model_id:
+      raise CompressionError(
+          f'{what} was compressed with another model (id '
+          f'{header.model_id.hex()}; this one is {model_id.hex()}). '
+          'Decompress it with the model that compressed it: the same '
+          '--workdir and --step (or pretrained model).')
+    C = self.model.num_channels
+    if header.image_shape[2] != C:
+      raise CompressionError(f'{what} holds a {header.image_shape[2]}-channel'
+                             f' image; this model codes {C}.')
+    if (header.label is not None) != bool(self.model.num_classes) or (
+        header.label is not None and header.label >= self.model.num_classes):
+      raise CompressionError(f'{what} has label {header.label}, which this '
+                             'model cannot take: it was written by another '
+                             'model, or altered.')
+    if not container.batch_fits(header.batch, header.image_shape):
+      raise CompressionError(f'{what} claims a coding batch of '
+                             f'{header.batch} {header.image_shape} images, '
+                             'more than any file is written with: altered.')
+    return header
+
+  def decompress_files(self, files: list[bytes], whats=None,
+                       progress: bool = False
+                       ) -> list[tuple[np.ndarray, int | None]]:
+    """(image uint8 [H, W, C], label or None) of each one-image file.
+
+    Every header is checked before any decoding; files of one shape and
+    coding batch decode together, each in the batch row it was coded in.
+    Each image is checked against its file's tag after decoding: an altered
+    file, or one of another model, is an error, never a wrong image.
+    """
+    whats = whats or [f'file {k}' for k in range(len(files))]
+    headers = [self.read_file(d, w) for d, w in zip(files, whats)]
+    rounds = {}   # (shape, batch) -> list of {slot: file index}
+    for k, h in enumerate(headers):
+      slots = rounds.setdefault((h.image_shape, h.batch), [])
+      free = next((r for r in slots if h.slot not in r), None)
+      if free is None:
+        free = {}
+        slots.append(free)
+      free[h.slot] = k
+    out, start, done = [None] * len(files), time.time(), 0
+    for (shape, batch), slots in rounds.items():
+      for members in slots:
+        images = self._decode_files(files, headers, whats, members, shape,
+                                    batch)
+        for slot, k in members.items():
+          tag = container.compact_tag(self.fingerprint,
+                                      files[k][:-container.TAG_BYTES],
+                                      images[slot])
+          if tag != files[k][-container.TAG_BYTES:]:
+            raise CompressionError(
+                f'cannot decompress {whats[k]}: the decoded image does not '
+                'match the file\'s tag. Either the file was altered, or it '
+                'was compressed with another model or on another kind of '
+                f'machine than this one ({_platform()}, JAX '
+                f'{jax.__version__}). Nothing was written.')
+          out[k] = (images[slot], headers[k].label)
+        done += len(members)
+        if progress:
+          _log_progress('Decompressed', done, len(files), start, None, None,
+                        'files')
+    return out
+
+  def _decode_files(self, files, headers, whats, members, shape, batch):
+    decoders = {slot: constriction.stream.queue.RangeDecoder(
+        container.compact_words(files[k], headers[k]))
+                for slot, k in members.items()}
+    labels = [0] * batch
+    for slot, k in members.items():
+      labels[slot] = headers[k].label or 0
+    position = [0]
+
+    def coder(t, freqs_Bx256):
+      _check_order(t, position)
+      values = np.zeros(batch, np.int32)
+      for slot, decoder in decoders.items():
+        try:
+          values[slot] = decoder.decode(
+              _FAMILY, freqs_Bx256[slot:slot + 1].astype(np.float64))[0]
+        except Exception as e:  # constriction: AssertionError on bad data
+          raise CompressionError(
+              f'cannot decompress {whats[members[slot]]}: the range decoder '
+              f'failed ({type(e).__name__}: {e}); the file was altered, or '
+              'was compressed with another model. Nothing was written.'
+          ) from e
+      return values
+
+    return self._run(coder, batch, shape,
+                     self._batch_labels(labels, batch))
 
   def _pack(self, n, batch, names, chunks) -> bytes:
     return container.pack(
@@ -209,9 +442,11 @@ class Codec:
         precision=sampling.PRECISION_BITS, image_shape=self.image_shape,
         num_images=n, batch=batch, names=names, chunks=chunks)
 
-  def _run(self, coder, batch) -> np.ndarray:
+  def _run(self, coder, batch, image_shape=None, labels=None) -> np.ndarray:
     return sampling.run_coder(self.model, self.variables, coder,
-                              batch_size=batch, image_shape=self.image_shape)
+                              batch_size=batch,
+                              image_shape=image_shape or self.image_shape,
+                              labels=labels)
 
   def _encode_chunk(self, images: np.ndarray, batch: int) -> np.ndarray:
     """Range-coder words for up to ``batch`` images, coded as one batch
@@ -268,6 +503,7 @@ class Codec:
     decoding if the pixels differ from those compressed: never a wrong
     image.
     """
+    check_codable(self.model)
     header = read_header(data, what)
     self.check_header(header, what)
     if header.platform != _platform():
@@ -334,6 +570,10 @@ def _check_order(t: int, position: list[int]) -> None:
 def _log_progress(verb, done, total, start, bits, image_shape, what):
   elapsed = time.time() - start
   rate = done / max(elapsed, 1e-9)
+  if bits is None:
+    logging.info('%s %d/%d %s, %.1f images/s, ETA %.0f s.', verb, done,
+                 total, what, rate, (total - done) / max(rate, 1e-9))
+    return
   logging.info('%s %d/%d images: %.4f bits/dim (%s), %.1f images/s, '
                'ETA %.0f s.', verb, done, total,
                bits / (done * math.prod(image_shape)), what, rate,

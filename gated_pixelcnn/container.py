@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import struct
 import zlib
 
@@ -256,3 +257,168 @@ def _parse(data: bytes) -> Header:
                 platform=PLATFORMS[platform], precision=precision,
                 image_shape=(H, W, C), num_images=n, batch=batch, names=names,
                 chunks=chunks, payload_offset=pos)
+
+
+# ------------------------------------------------ compact one-image files
+#
+# One image per file, in as few bytes as decoding needs (about 13 beyond the
+# range coder's words for a 28x28 image):
+#
+#   magic        2 bytes  b'\x89g'
+#   model id     3 bytes  the first bytes of the model's fingerprint: a file
+#                         of another model is refused before decoding
+#   info         u8       bits 0-1: C - 1; bits 2-5: log2 of the coding
+#                         batch B; bit 6: a class label follows; bit 7: 0
+#   H, W         varint each, 1..MAX_SIDE
+#   slot         varint   the image's row in the coding batch, < B
+#   label        varint   (iff bit 6) the class the image was coded with
+#   payload      the range coder's u32 words, little-endian, trailing zero
+#                bytes dropped (the decoder reads zeros past the end)
+#   tag          4 bytes  blake2b of the model's full fingerprint, the bytes
+#                         above and the image's pixels: checked after
+#                         decoding, so an altered file or another model
+#                         (whose id happens to match) is an error, never a
+#                         wrong image
+#
+# The decoder runs the coding loop at the file's batch shape B with the
+# image in its slot, as the encoder did, so that it computes the encoder's
+# frequencies bit for bit whatever else shares the batch.
+
+COMPACT_MAGIC = b'\x89g'
+MODEL_ID_BYTES = 3
+TAG_BYTES = 4
+# Largest height or width a compact file may claim; with the batch shape it
+# bounds what decoding allocates.
+MAX_SIDE = 4096
+MAX_LOG2_BATCH = 12   # B <= 4096 = MAX_BATCH
+MAX_LABEL = 2**20
+# A coding batch of one-image files holds at most this many sub-pixels (or
+# one image): what a file can make the decoder allocate.
+MAX_BATCH_SUBPIXELS = 2**21
+
+
+def batch_fits(batch: int, image_shape) -> bool:
+  return batch == 1 or batch * math.prod(image_shape) <= MAX_BATCH_SUBPIXELS
+
+
+@dataclasses.dataclass(frozen=True)
+class CompactHeader:
+  """What a one-image file says about itself."""
+  model_id: bytes
+  image_shape: tuple[int, int, int]
+  batch: int
+  slot: int
+  label: int | None
+  payload_offset: int
+
+
+def is_compact(data: bytes) -> bool:
+  return data[:len(COMPACT_MAGIC)] == COMPACT_MAGIC
+
+
+def _varint(value: int) -> bytes:
+  out = bytearray()
+  while True:
+    byte, value = value & 0x7F, value >> 7
+    out.append(byte | (0x80 if value else 0))
+    if not value:
+      return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, hi: int, what: str) -> tuple[int, int]:
+  """The varint at ``pos`` (at most 4 bytes, canonical, <= hi) and the
+  position after it."""
+  value = 0
+  for k in range(4):
+    if pos + k >= len(data):
+      raise ValueError(f'{what} runs past the end')
+    byte = data[pos + k]
+    value |= (byte & 0x7F) << (7 * k)
+    if not byte & 0x80:
+      if byte == 0 and k:
+        raise ValueError(f'{what} is not minimally encoded')
+      if value > hi:
+        raise ValueError(f'{what} {value} is over {hi}')
+      return value, pos + k + 1
+  raise ValueError(f'{what} is longer than 4 bytes')
+
+
+def compact_tag(fingerprint: bytes, head_and_payload: bytes,
+                pixels: np.ndarray) -> bytes:
+  h = hashlib.blake2b(digest_size=TAG_BYTES)
+  h.update(fingerprint)
+  h.update(head_and_payload)
+  h.update(np.ascontiguousarray(pixels, np.uint8).tobytes())
+  return h.digest()
+
+
+def check_compact_fields(image_shape, batch: int, slot: int,
+                         label: int | None) -> None:
+  H, W, C = image_shape
+  for what, value, hi in (('height', H, MAX_SIDE), ('width', W, MAX_SIDE)):
+    if not 1 <= value <= hi:
+      raise CompressionError(f'image {what} {value} is not in 1..{hi}, the '
+                             'sizes a one-image file holds.')
+  if not 1 <= C <= 4:
+    raise CompressionError(f'{C} channels: one-image files hold 1..4.')
+  if batch < 1 or batch & (batch - 1) or batch > 2**MAX_LOG2_BATCH:
+    raise CompressionError(f'the coding batch of one-image files is a power '
+                           f'of two up to {2**MAX_LOG2_BATCH}, got {batch}.')
+  if not 0 <= slot < batch:
+    raise CompressionError(f'slot {slot} not in 0..{batch - 1}.')
+  if label is not None and not 0 <= label <= MAX_LABEL:
+    raise CompressionError(f'label {label} not in 0..{MAX_LABEL}.')
+
+
+def pack_compact(*, fingerprint: bytes, image: np.ndarray, batch: int,
+                 slot: int, label: int | None, words: np.ndarray) -> bytes:
+  """The one-image file of ``image`` [H, W, C] coded into ``words``."""
+  H, W, C = image.shape
+  check_compact_fields(image.shape, batch, slot, label)
+  info = (C - 1) | (batch.bit_length() - 1) << 2 | (label is not None) << 6
+  head = b''.join([COMPACT_MAGIC, fingerprint[:MODEL_ID_BYTES], bytes([info]),
+                   _varint(H), _varint(W), _varint(slot),
+                   b'' if label is None else _varint(label)])
+  body = head + np.asarray(words, '<u4').tobytes().rstrip(b'\0')
+  return body + compact_tag(fingerprint, body, image)
+
+
+def read_compact(data: bytes, what: str = 'the file') -> CompactHeader:
+  """Parses a one-image file without a model; CompressionError says what
+  is wrong."""
+  if not is_compact(data):
+    raise CompressionError(
+        f'{what} is not a gated_pixelcnn one-image file (it does not start '
+        f'with the {SUFFIX} magic bytes).')
+  try:
+    pos = len(COMPACT_MAGIC) + MODEL_ID_BYTES
+    if len(data) < pos + 4 + TAG_BYTES:
+      raise ValueError(f'{len(data)} bytes is shorter than any such file')
+    model_id, info = data[len(COMPACT_MAGIC):pos], data[pos]
+    pos += 1
+    log2_batch = info >> 2 & 0xF
+    if info & 0x80 or log2_batch > MAX_LOG2_BATCH:
+      raise ValueError(f'unknown info byte {info:#04x}')
+    batch = 1 << log2_batch
+    H, pos = _read_varint(data, pos, MAX_SIDE, 'height')
+    W, pos = _read_varint(data, pos, MAX_SIDE, 'width')
+    slot, pos = _read_varint(data, pos, batch - 1, 'slot')
+    label = None
+    if info & 0x40:
+      label, pos = _read_varint(data, pos, MAX_LABEL, 'label')
+    if min(H, W) < 1 or pos > len(data) - TAG_BYTES:
+      raise ValueError('fields out of range')
+  except ValueError as e:
+    raise CompressionError(
+        f'{what} is truncated or malformed ({e}): it was not written by '
+        'gated_pixelcnn, or was altered. Nothing was written.') from e
+  return CompactHeader(model_id=model_id, image_shape=(H, W, (info & 3) + 1),
+                       batch=batch, slot=slot, label=label,
+                       payload_offset=pos)
+
+
+def compact_words(data: bytes, header: CompactHeader) -> np.ndarray:
+  """The payload's u32 words (the dropped zero bytes restored)."""
+  payload = data[header.payload_offset:len(data) - TAG_BYTES]
+  payload += b'\0' * (-len(payload) % 4)
+  return np.frombuffer(payload, '<u4').astype(np.uint32)

@@ -17,6 +17,7 @@ from PIL import Image
 from PIL import UnidentifiedImageError
 
 from gated_pixelcnn import compression
+from gated_pixelcnn import container
 from gated_pixelcnn import input_pipeline
 
 CompressionError = compression.CompressionError
@@ -25,9 +26,11 @@ CompressionError = compression.CompressionError
 def read_image(path, image_shape) -> np.ndarray:
   """An 8-bit image file as uint8 [H, W, C]; clear errors otherwise. The
   size and mode come from the header, checked before any pixel is decoded:
-  a small file that claims a huge image is refused, not decompressed."""
+  a small file that claims a huge image is refused, not decompressed.
+  H = W = None: any size up to container.MAX_SIDE."""
   H, W, C = image_shape
   expected = {1: 'L', 3: 'RGB'}.get(C)
+  any_size = H is None
   try:
     with warnings.catch_warnings():
       # The size is checked below, before decoding: no warning needed.
@@ -35,13 +38,16 @@ def read_image(path, image_shape) -> np.ndarray:
       with Image.open(path) as im:
         mode, size = im.mode, im.size
         frames = getattr(im, 'n_frames', 1)
+        if any_size:
+          H, W = (size[1], size[0]) if max(size) <= container.MAX_SIDE else (
+              -1, -1)
         if (size[1], size[0]) == (H, W) and mode == expected and (
             frames == 1):
           im.load()
           array = np.asarray(im)
   except Image.DecompressionBombError as e:
     raise CompressionError(f'{path} claims a huge image ({e}); compress '
-                           f'takes {W}x{H} images.') from e
+                           f'takes {_sizes(H, W)} images.') from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise CompressionError(f'{path} is not an image file Pillow can read '
                            f'({e}).') from e
@@ -57,8 +63,14 @@ def read_image(path, image_shape) -> np.ndarray:
   if (size[1], size[0]) != (H, W):
     raise CompressionError(
         f'{path} is {size[0]}x{size[1]} (width x height); this model codes '
-        f'{W}x{H} images.')
+        f'{_sizes(H, W)} images.')
   return array.reshape(H, W, C)
+
+
+def _sizes(H, W) -> str:
+  if H is None or H < 0:
+    return f'up to {container.MAX_SIDE}x{container.MAX_SIDE}'
+  return f'{W}x{H}'
 
 
 def list_files(folder: epath.Path, suffix: str | None = None

@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gated_pixelcnn import checkpointing
 from gated_pixelcnn import compression
+from gated_pixelcnn import container
 from gated_pixelcnn import errors
 from gated_pixelcnn import figures
 from gated_pixelcnn import image_files
@@ -289,7 +291,7 @@ def compress_checkpoint(config: ml_collections.ConfigDict,
                what, codec.step, codec.fingerprint.hex())
   start = time.time()
   if per_image:
-    files = codec.compress_each(images, names, progress=True)
+    files = codec.compress_files(list(images), progress=True)
     image_files.write_folder(out, {f'{s}{compression.SUFFIX}': d
                                    for s, d in zip(names, files)})
     size = sum(len(d) for d in files)
@@ -303,11 +305,38 @@ def compress_checkpoint(config: ml_collections.ConfigDict,
   return str(out)
 
 
+def _codec_of(config, workdir, trainer, data: bytes) -> compression.Codec:
+  """The codec of compress.step, or (None) of the newest checkpoint whose
+  model id is the one-image file ``data``'s, newest first (the files do not
+  name a step). Falls back to the newest, whose check then explains."""
+  codec = compression.Codec.from_workdir(config, workdir, config.compress.step,
+                                         trainer=trainer)
+  model_id = container.read_compact(data).model_id
+  if config.compress.step is not None or config.get('pretrained') or (
+      codec.fingerprint.startswith(model_id)):
+    return codec
+  manager = checkpointing.create_manager(workdir, config.max_to_keep)
+  try:
+    steps = sorted(manager.all_steps(), reverse=True)
+  finally:
+    manager.close()
+  for step in steps:
+    if step != codec.step:
+      other = compression.Codec.from_workdir(config, workdir, step,
+                                             trainer=trainer)
+      if other.fingerprint.startswith(model_id):
+        logging.info('The files were compressed with the checkpoint of step '
+                     '%d.', step)
+        return other
+  return codec
+
+
 def decompress_checkpoint(config: ml_collections.ConfigDict,
                           workdir: str) -> str:
   """--mode=decompress: compress.input (a .gpx file or a folder of them) ->
-  PNG files in the new folder compress.output. Uses the checkpoint step the
-  files name (compress.step is ignored)."""
+  PNG files in the new folder compress.output. Many-image files decode with
+  the checkpoint step they name (compress.step is ignored); one-image files
+  with compress.step, or (None) the newest checkpoint of their model id."""
   _check_one_process()
   spec = config.compress.input
   if not spec:
@@ -320,21 +349,46 @@ def decompress_checkpoint(config: ml_collections.ConfigDict,
   paths = (image_files.list_files(src, compression.SUFFIX) if src.is_dir()
            else [src])
   blobs = {p: p.read_bytes() for p in paths}
-  headers = {p: compression.read_header(d, str(p)) for p, d in blobs.items()}
+  compact = {p: d for p, d in blobs.items() if container.is_compact(d)}
+  headers = {p: compression.read_header(d, str(p)) for p, d in blobs.items()
+             if p not in compact}
   run_steps = sorted({h.step for h in headers.values()})
   if len(run_steps) > 1:
     raise CompressionError(f'{spec} holds files of several checkpoint steps '
                            f'{run_steps}; decompress them separately.')
-  if config.compress.step is not None and config.compress.step != run_steps[0]:
+  if run_steps and config.compress.step is not None and (
+      config.compress.step != run_steps[0]):
     logging.warning('compress.step = %d is ignored: the files name step %d.',
                     config.compress.step, run_steps[0])
-  codec = compression.Codec.from_workdir(config, workdir, run_steps[0])
-  for p, h in headers.items():   # all checked before any decoding
-    codec.check_header(h, str(p))
+  trainer = runs.make_trainer(config)
+  codecs = {}
+  if run_steps:
+    codec = codecs['many'] = compression.Codec.from_workdir(
+        config, workdir, run_steps[0], trainer=trainer)
+    for p, h in headers.items():   # all checked before any decoding
+      codec.check_header(h, str(p))
+  if compact:
+    codec = codecs['one'] = _codec_of(config, workdir, trainer,
+                                      next(iter(compact.values())))
+    for p, d in compact.items():
+      codec.read_file(d, str(p))
   pngs, start, count = {}, time.time(), 0
-  for p, data in blobs.items():
-    images, names = codec.decompress(data, progress=len(paths) == 1,
-                                     what=str(p))
+
+  def add(name, image):
+    if f'{name}.png' in pngs:
+      raise CompressionError(f'two images decode to {name}.png; decompress '
+                             'the files separately.')
+    pngs[f'{name}.png'] = image_files.png(image)
+
+  if compact:
+    decoded = codecs['one'].decompress_files(
+        list(compact.values()), [str(p) for p in compact], progress=True)
+    for p, (image, _) in zip(compact, decoded):
+      add(p.stem, image)
+    count += len(compact)
+  for p in headers:
+    images, names = codecs['many'].decompress(
+        blobs[p], progress=len(paths) == 1, what=str(p))
     if names is None:
       width = max(5, len(str(len(images) - 1)))
       names = [f'{k:0{width}d}' for k in range(len(images))]
@@ -342,10 +396,7 @@ def decompress_checkpoint(config: ml_collections.ConfigDict,
         names = [p.stem] if len(images) == 1 else [
             f'{p.stem}_{x}' for x in names]
     for name, image in zip(names, images):
-      if f'{name}.png' in pngs:
-        raise CompressionError(f'two images decode to {name}.png; decompress '
-                               'the files separately.')
-      pngs[f'{name}.png'] = image_files.png(image)
+      add(name, image)
     count += len(images)
   image_files.write_folder(out, pngs)
   logging.info('Decompressed %d images into %s (%.1f images/s); every chunk '

@@ -135,8 +135,8 @@ _coder_error: list[BaseException] = []
 
 
 def run_coder(model, variables, coder: Callable[[int, np.ndarray], np.ndarray],
-              *, batch_size: int, image_shape: tuple[int, int, int]
-              ) -> np.ndarray:
+              *, batch_size: int, image_shape: tuple[int, int, int],
+              labels: np.ndarray | None = None) -> np.ndarray:
   """The cached sampler's loop with every sub-pixel's value chosen by a coder.
 
   At sub-pixel t (raster order, then channel) the loop calls
@@ -146,14 +146,17 @@ def run_coder(model, variables, coder: Callable[[int, np.ndarray], np.ndarray],
   int [batch_size] values to write (an encoder returns the image's values,
   a decoder the values it decodes). The device computation is the same
   compiled program for every coder of a given model, variables, batch size
-  and image shape: given the same values, it hands every coder bit-identical
-  ``freqs``. Unconditional Gated PixelCNNs only. Returns the uint8 canvas
+  and image shape: given the same values (and ``labels``), it hands every
+  coder bit-identical ``freqs``. Gated PixelCNNs, unconditional or
+  class-conditional (``labels``: int [batch_size]). Returns the uint8 canvas
   [batch_size, H, W, C]. An exception raised by ``coder`` is re-raised.
   """
   global _coder
   H, W, C = image_shape
-  _check(model, 'cached', image_shape, batch_size, None, 1.0, None, None)
-  _check_conditioning_params(model, variables, None, None, None)
+  if labels is not None:
+    labels = jnp.asarray(labels, jnp.int32)
+  _check(model, 'cached', image_shape, batch_size, labels, 1.0, None, None)
+  _check_conditioning_params(model, variables, labels, None, None)
   canvas = jnp.zeros((batch_size, H, W, C), jnp.int32)
   # On GPUs XLA picks kernels by timing them; the coding program is compiled
   # without that autotuning so that every run computes the same floats.
@@ -165,7 +168,8 @@ def run_coder(model, variables, coder: Callable[[int, np.ndarray], np.ndarray],
       with jax.default_matmul_precision(MATMUL_PRECISION):
         out = loop(model, variables, jax.random.PRNGKey(0), canvas,
                    jnp.asarray(0, jnp.int32), jnp.asarray(1.0, jnp.float32),
-                   'code', {}, jnp.zeros((H, W, C), bool))
+                   'code', {} if labels is None else {'labels': labels},
+                   jnp.zeros((H, W, C), bool))
       out = np.asarray(out).astype(np.uint8)
       error = _coder_error[0] if _coder_error else None
     finally:

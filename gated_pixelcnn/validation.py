@@ -97,6 +97,7 @@ RANGES: dict[str, Range] = {
     'sample.num_interpolations': Range(2),
     'compress.num_images': _NATURAL,   # 0: all
     'compress.batch_size': Range(1, container.MAX_BATCH),
+    'compress.file_batch': Range(1, container.MAX_BATCH),
     'compress.step': Range(0, optional=True),
 }
 
@@ -162,6 +163,10 @@ def validate_config(config: ml_collections.ConfigDict,
         f'microbatches = {config.microbatches} must be 0 (auto) or divide '
         f'the per-device batch (batch_size {config.batch_size} / '
         f'{num_devices} devices); e.g. --config.microbatches=0.')
+  file_batch = config.get('compress', {}).get('file_batch', 1)
+  check(file_batch & (file_batch - 1) == 0,
+        f'compress.file_batch = {file_batch} must be a power of two; e.g. '
+        f'--config.compress.file_batch={1 << (file_batch.bit_length() - 1)}.')
   check(config.optimizer in optim.OPTIMIZERS,
         f'optimizer {config.optimizer!r} is not one of '
         f'{sorted(optim.OPTIMIZERS)}.')

@@ -4,6 +4,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import tracemalloc
 import zlib
 
@@ -182,13 +183,146 @@ def test_batches_padding_and_names(codec, run):
   decoded, got = codec.decompress(data)
   np.testing.assert_array_equal(decoded, images)
   assert got == names
-  files = codec.compress_each(images[:3], names[:3])
-  for k, f in enumerate(files):
-    header = compression.read_header(f)
-    assert (header.num_images, header.batch, header.names) == (1, 1,
-                                                               [names[k]])
-    one, _ = codec.decompress(f)
-    np.testing.assert_array_equal(one[0], images[k])
+
+
+# ------------------------------------------------------ one-image files
+
+
+def _file_nll_bytes(codec, image, label=None) -> float:
+  labels = None if label is None else jnp.asarray([label])
+  return float(compression._image_nll(codec.model, codec.variables,
+                                      jnp.asarray(image[None]), labels)[0]
+               ) / np.log(2.0) / 8
+
+
+def test_one_image_files_cost_at_most_16_bytes_over_the_nll(sharp):
+  codec, images = sharp
+  small = compression.Codec(codec.model, codec.variables['params'],
+                            image_shape=(28, 28, 1), step=0, file_batch=16)
+  files = small.compress_files(images[:40])
+  over = [len(f) - _file_nll_bytes(small, x) for f, x in zip(files, images)]
+  # Measured 15.3 bytes: a 13-byte header and tag, the coder's flush and
+  # the 20-bit quantisation.
+  print(f'mean bytes over the NLL: {np.mean(over):.2f}')
+  assert 10 < np.mean(over) <= 16, np.mean(over)
+  headers = [container.read_compact(f) for f in files]
+  assert [(h.batch, h.slot) for h in headers[:18]] == [
+      (16, k % 16) for k in range(18)]
+  # All at once (in 3 batches), or one alone in its batch row: the same.
+  decoded = small.decompress_files(files)
+  for x, (y, label) in zip(images, decoded):
+    np.testing.assert_array_equal(y, x)
+    assert label is None
+  (y, _), = small.decompress_files([files[21]])
+  np.testing.assert_array_equal(y, images[21])
+
+
+def test_a_files_frequencies_do_not_depend_on_its_batch_mates(sharp):
+  """What one-image decoding rests on: the coding loop hands a batch row
+  the same frequencies whatever the other rows hold (the encoder codes a
+  full batch, a decoder of one file a batch of zeros around it)."""
+  codec, images = sharp
+  shape, batch = (9, 13, 1), 4
+  full = np.asarray(images[:batch, :9, :13])
+  alone = np.zeros_like(full)
+  alone[2] = full[2]
+  seen = {}
+  for name, canvas in (('full', full), ('alone', alone)):
+    flat = canvas.reshape(batch, -1)
+    freqs = []
+
+    def coder(t, f, flat=flat, freqs=freqs):
+      freqs.append(f[2].copy())
+      return flat[:, t]
+
+    sampling.run_coder(codec.model, codec.variables, coder,
+                       batch_size=batch, image_shape=shape)
+    seen[name] = np.stack(freqs)
+  assert seen['full'].shape == (9 * 13, 256)
+  np.testing.assert_array_equal(seen['full'], seen['alone'])
+
+
+def test_one_image_files_of_any_size_and_colour():
+  """A model coding sizes it was not built with: it is convolutional."""
+  rng = np.random.default_rng(3)
+  for C, shapes in ((1, [(17, 40), (64, 64), (1, 1), (17, 40)]),
+                    (3, [(5, 6), (3, 2)])):
+    model = models.GatedPixelCNN(num_layers=2, features=6, kernel_size=3,
+                                 first_kernel_size=3, num_channels=C,
+                                 head_features=6)
+    variables = model.init(jax.random.PRNGKey(C),
+                           jnp.zeros((1, 28, 28, C), jnp.int32))
+    codec = compression.Codec(model, variables['params'],
+                              image_shape=(28, 28, C), step=0, file_batch=2)
+    images = [rng.integers(0, 256, (*hw, C), dtype=np.uint8)
+              for hw in shapes]
+    files = codec.compress_files(images)
+    assert [container.read_compact(f).image_shape for f in files] == [
+        x.shape for x in images]
+    for x, (y, _) in zip(images, codec.decompress_files(files[::-1])[::-1]):
+      np.testing.assert_array_equal(y, x)
+
+
+def test_class_conditional_files_carry_their_label():
+  model = models.GatedPixelCNN(num_layers=2, features=6, kernel_size=3,
+                               first_kernel_size=3, num_classes=3,
+                               head_features=6)
+  variables = model.init(jax.random.PRNGKey(0),
+                         jnp.zeros((1, 8, 8, 1), jnp.int32),
+                         jnp.zeros((1,), jnp.int32))
+  params = jax.tree_util.tree_map(lambda x: x * 3.0, variables['params'])
+  codec = compression.Codec(model, params, image_shape=(8, 8, 1), step=0,
+                            file_batch=4)
+  images = np.asarray(sampling.sample(
+      model, {'params': params}, jax.random.PRNGKey(1), num_samples=3,
+      image_shape=(8, 8, 1), labels=jnp.asarray([0, 1, 2])))
+  given = codec.compress_files(images, labels=[2, 0, 1])
+  chosen = codec.compress_files(images)
+  best = codec.best_labels(images)
+  nll = [[_file_nll_bytes(codec, x, c) for c in range(3)] for x in images]
+  assert best.tolist() == np.argmin(nll, axis=1).tolist()
+  for files, labels in ((given, [2, 0, 1]), (chosen, best.tolist())):
+    assert [container.read_compact(f).label for f in files] == labels
+    out = codec.decompress_files(files)
+    assert [label for _, label in out] == labels
+    for x, (y, _) in zip(images, out):
+      np.testing.assert_array_equal(y, x)
+  assert sum(map(len, chosen)) <= sum(map(len, given))
+  with pytest.raises(compression.CompressionError, match='one label in 0..2'):
+    codec.compress_files(images, labels=[0, 3, 1])
+
+
+def test_bad_one_image_files_fail_clearly(sharp):
+  codec, images = sharp
+  small = compression.Codec(codec.model, codec.variables['params'],
+                            image_shape=(28, 28, 1), step=0, file_batch=2)
+  good = small.compress_files(images[:1])[0]
+  assert small.decompress_files([good])[0][0].tolist() == images[0].tolist()
+  cases = {
+      'truncated or malformed': [good[:8], good[:5] + b'\xff' + good[6:],
+                                 good[:6] + b'\x80\x80\x80\x80\x01'],
+      'another model': [good[:2] + b'abc' + good[5:]],
+      'tag': [good[:-1] + bytes([good[-1] ^ 1]),
+              good[:20] + bytes([good[20] ^ 4]) + good[21:]],
+  }
+  for match, files in cases.items():
+    for data in files:
+      with pytest.raises(compression.CompressionError, match=match):
+        small.decompress_files([data])
+  # A header claiming a huge batch of huge images: refused unread.
+  huge = container.COMPACT_MAGIC + good[2:5] + bytes([0x2C]) + (
+      container._varint(4096) * 2 + b'\x00' + good[-30:])
+  with pytest.raises(compression.CompressionError, match='coding batch'):
+    small.decompress_files([huge])
+  for bad, match in (((28, 28, 3), 'codes \\[H, W, 1\\]'),
+                     ((0, 5, 1), 'height 0'), ((5, 4097, 1), 'width 4097')):
+    with pytest.raises(compression.CompressionError, match=match):
+      small.compress_files([np.zeros(bad, np.uint8)])
+  with pytest.raises(compression.CompressionError, match='unconditional'):
+    small.compress_files(images[:1], labels=[0])
+  with pytest.raises(compression.CompressionError, match='power of two'):
+    compression.Codec(codec.model, codec.variables['params'],
+                      image_shape=(28, 28, 1), step=0, file_batch=3)
 
 
 def test_colour_model_round_trip():
@@ -640,3 +774,31 @@ def test_main_compress_and_decompress(run, tmp_path):
   assert not (tmp_path / 'typo').exists() and not (tmp_path / 'again').exists()
   assert sorted(os.listdir(tmp_path / 'five')) == [
       f'{k:05d}.png' for k in range(5)]
+
+
+def test_compress_command_with_the_pretrained_model(tmp_path):
+  """python -m gated_pixelcnn.compress: images of two sizes -> one .gpx
+  each -> the same PNGs; an existing output is a one-line error."""
+  rng = np.random.default_rng(0)
+  images = {'a': rng.integers(0, 256, (9, 11), np.uint8),
+            'b': rng.integers(0, 256, (9, 11), np.uint8),
+            'c': np.zeros((5, 28), np.uint8)}
+  (tmp_path / 'in').mkdir()
+  for name, image in images.items():
+    Image.fromarray(image).save(tmp_path / 'in' / f'{name}.png')
+  env = helpers.subprocess_env()
+  base = [sys.executable, '-m', 'gated_pixelcnn.compress']
+  for args in ([str(tmp_path / 'in'), '-o', str(tmp_path / 'gpx')],
+               ['-d', str(tmp_path / 'gpx'), '-o', str(tmp_path / 'back')],
+               ['-d', str(tmp_path / 'gpx'), '-o', str(tmp_path / 'in')]):
+    proc = subprocess.run(base + args, cwd=helpers.ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if args[-1].endswith('in'):
+      assert proc.returncode == 1 and proc.stderr.strip().splitlines()[
+          -1].startswith('error: -o '), proc.stderr[-2000:]
+    else:
+      assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path / 'gpx')) == ['a.gpx', 'b.gpx', 'c.gpx']
+  for name, image in images.items():
+    back = np.asarray(Image.open(tmp_path / 'back' / f'{name}.png'))
+    np.testing.assert_array_equal(back, image)
