@@ -3,7 +3,8 @@ PNG, WebP and JPEG-XL (lossless), and encode/decode speed.
 
   python -m bench.compression --workdir=/path/to/trained/run \\
       [--config=configs/default.py] [--split=test] [--num_images=0] \\
-      [--batch_size=256] [--per_image=200] [--out=docs/compression]
+      [--batch_size=256] [--per_image=1000] [--tiles=64] \\
+      [--out=docs/compression]
 
 Measures, on the same images (the whole split by default):
 * the model's NLL in bits/dim from its parallel forward pass (what eval
@@ -13,7 +14,12 @@ Measures, on the same images (the whole split by default):
   and that every decoded image equals the original;
 * the same loop with a coder that does nothing (the network and the
   callback round trip, without the range coder's host work);
-* the same for --per_image images coded one file each (header per image);
+* --per_image images in one compact file each (`Codec.compress_files`,
+  coded compress.file_batch at a time): bits/dim, bytes per file over the
+  image's own NLL, encode/decode images/s, one file decoded alone;
+* --tiles crops of 64x64 and 17x40 cut from mosaics of the images (a model
+  trained on 28x28 codes any size), one file each, next to the image
+  codecs;
 * PNG (zlib level 9, optimize), WebP lossless (method 6) and, if the
   pillow-jxl-plugin package is installed (`pip install -e .[bench]`),
   JPEG-XL lossless (effort 9): each image encoded alone, file bytes counted,
@@ -74,7 +80,11 @@ _NUM_IMAGES = flags.DEFINE_integer('num_images', 0, '0: all')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', 256, 'images coded together in the one-file run')
 _PER_IMAGE = flags.DEFINE_integer(
-    'per_image', 200, 'images coded one file each (0: skip)')
+    'per_image', 1000, 'images coded one file each (0: skip)')
+TILE_SHAPES = ((64, 64), (17, 40))
+_TILES = flags.DEFINE_integer(
+    'tiles', 64, f'crops of each size {TILE_SHAPES} cut from mosaics of the '
+    'images, coded one file each (0: skip)')
 _OUT = flags.DEFINE_string(
     'out', None, 'folder for results.json (default: print only)')
 
@@ -153,23 +163,56 @@ def model_codec(codec, images, per_image: int):
       'loop_without_coder_images_per_s': batch / loop_s,
       'exact': bool(np.array_equal(decoded, images))}}
   if per_image:
-    part = images[:per_image]
-    codec.compress_each(part[:1])                     # compile batch 1
-    start = time.perf_counter()
-    files = codec.compress_each(part)
-    encode_s = time.perf_counter() - start
-    start = time.perf_counter()
-    back = np.concatenate([codec.decompress(f)[0] for f in files])
-    decode_s = time.perf_counter() - start
-    out['per_image'] = {
-        'num_images': len(part),
-        'bits_per_dim': 8 * sum(map(len, files)) / part.size,
-        'header_bytes_per_file': compression.read_header(
-            files[0]).overhead_bytes,
-        'encode_images_per_s': len(part) / encode_s,
-        'decode_images_per_s': len(part) / decode_s,
-        'exact': bool(np.array_equal(back, part))}
+    out['per_image'] = one_image_files(codec, images[:per_image])
   return out
+
+
+def one_image_files(codec, images) -> dict:
+  """Each image in its own compact file (`Codec.compress_files`), coded
+  codec.file_batch at a time; decoded all together, and one file alone."""
+  codec.compress_files(list(images[:1]))                       # compile
+  codec.compress_files(list(images[:codec.batch_for(images.shape[1:])]))
+  start = time.perf_counter()
+  files = codec.compress_files(list(images), progress=True)
+  encode_s = time.perf_counter() - start
+  start = time.perf_counter()
+  back = codec.decompress_files(files, progress=True)
+  decode_s = time.perf_counter() - start
+  start = time.perf_counter()
+  codec.decompress_files(files[-1:])
+  one_s = time.perf_counter() - start
+  nll = np.concatenate([   # bytes, per image
+      np.asarray(compression._image_nll(  # pylint: disable=protected-access
+          codec.model, codec.variables, jnp.asarray(images[lo:lo + 256]),
+          None)) / math.log(2.0) / 8 for lo in range(0, len(images), 256)])
+  return {
+      'num_images': len(images), 'image_shape': list(images.shape[1:]),
+      'bits_per_dim': 8 * sum(map(len, files)) / images.size,
+      'nll_bits_per_dim': float(8 * nll.sum() / images.size),
+      'mean_bytes_over_nll': float(np.mean([len(f) - n
+                                            for f, n in zip(files, nll)])),
+      'file_batch': codec.file_batch,
+      'encode_images_per_s': len(images) / encode_s,
+      'decode_images_per_s': len(images) / decode_s,
+      'decode_one_file_s': one_s,
+      'exact': all(np.array_equal(y, x) for x, (y, _) in zip(images, back))}
+
+
+def tiles(images, shape, n) -> np.ndarray:
+  """n crops of ``shape`` (H, W) from a mosaic of the images (several test
+  images per crop), one mosaic row of 8 images after another."""
+  H, W = shape
+  side = images.shape[1]
+  rows = -(-H // side) + 1
+  out = []
+  for k in range(n):
+    block = images[(np.arange(8 * rows) + k * 8 * rows) % len(images)]
+    mosaic = np.concatenate([np.concatenate(list(block[r * 8:(r + 1) * 8]),
+                                            axis=1) for r in range(rows)])
+    y, x = (5 * k) % (mosaic.shape[0] - H + 1), (7 * k) % (
+        mosaic.shape[1] - W + 1)
+    out.append(mosaic[y:y + H, x:x + W])
+  return np.stack(out)
 
 
 def main(argv):
@@ -201,6 +244,24 @@ def main(argv):
             'extra).')
       continue
     results[name] = image_codec(name, images)
+  tile_rows = []
+  for shape in TILE_SHAPES if _TILES.value else ():
+    crops = tiles(images, shape, _TILES.value)
+    size = f'{shape[0]}x{shape[1]}'
+    results[f'tiles {size}'] = r = {'one_image_files': one_image_files(
+        codec, crops)}
+    tile_rows.append((f'{size} tiles: NLL', r['one_image_files'][
+        'nll_bits_per_dim'], None, None, None))
+    tile_rows.append((f'{size} tiles: gated_pixelcnn one file each',
+                      *[r['one_image_files'][k] for k in (
+                          'bits_per_dim', 'encode_images_per_s',
+                          'decode_images_per_s', 'exact')]))
+    for name in CODECS:
+      if name in results:
+        r[name] = image_codec(name, crops)
+        tile_rows.append((f'{size} tiles: {name}', *[r[name][k] for k in (
+            'bits_per_dim', 'encode_images_per_s', 'decode_images_per_s',
+            'exact')]))
 
   one = results['one_file']
   rows = [('model NLL (eval, parallel forward)',
@@ -210,7 +271,10 @@ def main(argv):
            one['decode_images_per_s'], one['exact'])]
   if 'per_image' in results:
     p = results['per_image']
-    rows.append((f'gated_pixelcnn, one file per image ({p["num_images"]})',
+    rows.append((f'model NLL of those {p["num_images"]} images',
+                 p['nll_bits_per_dim'], None, None, None))
+    rows.append((f'gated_pixelcnn, one file per image ({p["num_images"]}, '
+                 f'coded {p["file_batch"]} at a time)',
                  p['bits_per_dim'], p['encode_images_per_s'],
                  p['decode_images_per_s'], p['exact']))
   for name in CODECS:
@@ -221,7 +285,7 @@ def main(argv):
                    r['exact']))
   print('| codec | bits/dim | encode images/s | decode images/s | exact |')
   print('|---|---|---|---|---|')
-  for name, bpd, enc, dec, exact in rows:
+  for name, bpd, enc, dec, exact in rows + tile_rows:
     fmt = lambda v: '' if v is None else f'{v:,.1f}'  # pylint: disable=unnecessary-lambda-assignment
     print(f'| {name} | {bpd:.4f} | {fmt(enc)} | {fmt(dec)} | '
           f'{"" if exact is None else ("yes" if exact else "NO")} |')
@@ -230,6 +294,11 @@ def main(argv):
         f'{one["header_bytes"]} bytes); the coding loop with a coder that '
         f'does nothing: {one["loop_without_coder_images_per_s"]:.1f} '
         'images/s')
+  if 'per_image' in results:
+    p = results['per_image']
+    print(f'one file per image: {p["mean_bytes_over_nll"]:.2f} bytes per '
+          f'file over the image\'s NLL; one file alone decodes in '
+          f'{p["decode_one_file_s"]:.2f} s')
   if _OUT.value:
     out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
