@@ -44,16 +44,16 @@ _WORKDIR = flags.DEFINE_string(
 _STEP = flags.DEFINE_integer('step', None, 'checkpoint step of --workdir '
                              '(default: the newest)')
 _FILE_BATCH = flags.DEFINE_integer(
-    'file_batch', None, 'files coded together, a power of two (default: '
-    'the config\'s compress.file_batch)')
+    'file_batch', None, 'compress: files coded together, a power of two '
+    'up to 256 (default: the config\'s compress.file_batch, 64)')
 config_flags.DEFINE_config_file('config', None, 'the config of --workdir')
 
 
 def _inputs(args: list[str], suffix: str | None) -> list[epath.Path]:
+  verb = 'decompress' if suffix else 'compress'
   if not args:
     raise compression.CompressionError(
-        'give the files or folders to ' + ('decompress' if suffix else
-                                           'compress') + ', and -o FOLDER.')
+        f'give the files or folders to {verb}, and -o FOLDER.')
   paths = []
   for arg in args:
     path = epath.Path(arg)
@@ -62,17 +62,19 @@ def _inputs(args: list[str], suffix: str | None) -> list[epath.Path]:
     paths += image_files.list_files(path, suffix) if path.is_dir() else [path]
   stems = {}
   for p in paths:
+    if p.stem.startswith('.') or not p.stem:
+      raise compression.CompressionError(
+          f'{p}: outputs are named after the input, and a name starting '
+          'with "." would be hidden; rename it.')
     if p.stem in stems:
       raise compression.CompressionError(
           f'{stems[p.stem]} and {p} would both be written as {p.stem}; '
-          'compress them separately.')
+          f'{verb} them separately.')
     stems[p.stem] = p
   return paths
 
 
 def _codec(config) -> compression.Codec:
-  if _FILE_BATCH.value is not None:
-    config.compress.file_batch = _FILE_BATCH.value
   workdir = _WORKDIR.value or str(DEFAULT_MODEL)
   return compression.Codec.from_workdir(config, workdir, step=_STEP.value)
 
@@ -89,11 +91,22 @@ def _config():
           f'no pretrained model at {DEFAULT_MODEL}: give --config and '
           '--workdir of a trained run.')
     config = pretrained.config_of(DEFAULT_MODEL)
+  if _FILE_BATCH.value is not None:
+    b = _FILE_BATCH.value
+    if b < 1 or b & (b - 1) or b > container.MAX_FILE_BATCH:
+      raise compression.CompressionError(
+          f'--file_batch must be a power of two in 1..'
+          f'{container.MAX_FILE_BATCH}, got {b}.')
+    config.compress.file_batch = b
+  # -o: new (or an empty folder), not a link, not under a file; checked
+  # before any coding.
+  config.compress.output = _OUTPUT.value
   return config
 
 
-def compress(args: list[str], out: epath.Path) -> None:
+def compress(args: list[str]) -> None:
   config = _config()
+  out = image_files.output(config, folder=True, what='-o')
   paths = _inputs(args, None)
   codec = _codec(config)
   C = codec.model.num_channels
@@ -109,15 +122,17 @@ def compress(args: list[str], out: epath.Path) -> None:
                len(files) / (time.time() - start))
 
 
-def decompress(args: list[str], out: epath.Path) -> None:
+def decompress(args: list[str]) -> None:
   config = _config()
+  out = image_files.output(config, folder=True, what='-o')
   paths = _inputs(args, container.SUFFIX)
   blobs = [p.read_bytes() for p in paths]
   for p, data in zip(paths, blobs):
     if not container.is_compact(data):
       container.read_header(data, str(p))   # a clear error if not a .gpx
       raise compression.CompressionError(
-          f'{p} holds many images: decompress it with python -m '
+          f'{p} is a format-1 .gpx file (one or many images, with its '
+          'checkpoint step): decompress it with python -m '
           'gated_pixelcnn.main --mode=decompress.')
   codec = _codec(config)
   start = time.time()
@@ -133,13 +148,8 @@ def decompress(args: list[str], out: epath.Path) -> None:
 def main(argv):
   if _OUTPUT.value is None:
     raise app.UsageError('give -o FOLDER: the new folder to write into.')
-  out = epath.Path(_OUTPUT.value)
   try:
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-      raise compression.CompressionError(
-          f'-o {out} already exists; give a new folder (nothing is '
-          'overwritten).')
-    (decompress if _DECOMPRESS.value else compress)(argv[1:], out)
+    (decompress if _DECOMPRESS.value else compress)(argv[1:])
   except errors.UserError as e:
     sys.exit(f'error: {e}')
 

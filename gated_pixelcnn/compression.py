@@ -54,6 +54,8 @@ SUFFIX = container.SUFFIX
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 # One-image files: sub-pixels whose frequencies are range-coded together.
 _SLAB = 256
+# best_labels: sub-pixels per forward pass (logits: 1 KiB each).
+_NLL_SUBPIXELS = 2**18
 
 
 # ------------------------------------------------------------ the model side
@@ -95,15 +97,17 @@ def check_codable(model, config=None, labels_ok: bool = False) -> None:
   name = config.model.name if config is not None else type(model).__name__
   if not model.codable:
     raise CompressionError(
-        f'compression needs an unconditional Gated PixelCNN (model.name = '
+        f'compression needs a Gated PixelCNN (model.name = '
         f"'gated_pixelcnn'); {name!r} has no cached sampler loop to code "
         'with, or is conditioned on an input the decoder would not have.')
   if model.num_classes and not labels_ok:
     raise CompressionError(
         'compression needs an unconditional model: this one is '
         f'class-conditional (model.num_classes = {model.num_classes}), so '
-        'the decoder would need every image\'s label. Train and use an '
-        'unconditional model (configs/default.py).')
+        'the decoder would need every image\'s label. Write one file per '
+        'image (compress.per_image=True, or python -m '
+        'gated_pixelcnn.compress), which stores it, or use an unconditional '
+        'model (configs/default.py).')
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -137,9 +141,9 @@ class Codec:
                step: int, batch_size: int = 256, file_batch: int = 64):
     check_codable(model, labels_ok=True)
     if file_batch < 1 or file_batch & (file_batch - 1) or (
-        file_batch > container.MAX_BATCH):
+        file_batch > container.MAX_FILE_BATCH):
       raise CompressionError(f'file_batch must be a power of two in 1..'
-                             f'{container.MAX_BATCH}, got {file_batch}.')
+                             f'{container.MAX_FILE_BATCH}, got {file_batch}.')
     self.file_batch = file_batch
     if not 1 <= batch_size <= container.MAX_BATCH:
       raise CompressionError(f'batch_size must be in 1..{container.MAX_BATCH}'
@@ -218,7 +222,7 @@ class Codec:
 
   def batch_for(self, image_shape) -> int:
     """The coding batch of one-image files of ``image_shape``: file_batch,
-    halved while a batch would hold more than container's sub-pixel bound."""
+    halved until it is within container.batch_fits's bounds."""
     batch = self.file_batch
     while batch > 1 and not container.batch_fits(batch, image_shape):
       batch //= 2
@@ -249,26 +253,37 @@ class Codec:
     if not num_classes:
       raise CompressionError('labels given, but the model is unconditional '
                              '(model.num_classes = 0): leave them out.')
-    labels = [int(x) for x in np.asarray(labels).reshape(-1)]
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+      raise CompressionError(f'labels must be integers 0..{num_classes - 1}'
+                             f', got {labels.dtype} values.')
+    labels = [int(x) for x in labels.reshape(-1)]
     if len(labels) != n or not all(0 <= x < num_classes for x in labels):
       raise CompressionError(f'give one label in 0..{num_classes - 1} per '
                              f'image ({n} images, {len(labels)} labels).')
     return labels
 
   def best_labels(self, images: np.ndarray) -> np.ndarray:
-    """For a class-conditional model: each image's class of least NLL (the
-    smallest file), from one forward pass per class."""
-    nll = jnp.stack([_image_nll(self.model, self.variables, images,
-                                jnp.full(len(images), c, jnp.int32))
-                     for c in range(self.model.num_classes)])
-    return np.asarray(jnp.argmin(nll, axis=0))
+    """For a class-conditional model: each image's class of least NLL (about
+    the smallest file), from one forward pass per class, a few images at a
+    time (the logits take 1 KiB per sub-pixel)."""
+    step = max(1, _NLL_SUBPIXELS // math.prod(images.shape[1:]))
+    best = []
+    for lo in range(0, len(images), step):
+      part = jnp.asarray(images[lo:lo + step])
+      nll = jnp.stack([_image_nll(self.model, self.variables, part,
+                                  jnp.full(len(part), c, jnp.int32))
+                       for c in range(self.model.num_classes)])
+      best.append(np.asarray(jnp.argmin(nll, axis=0)))
+    return np.concatenate(best)
 
   def compress_files(self, images, labels=None,
                      progress: bool = False) -> list[bytes]:
     """One compact file per image (uint8 [H, W, C], sizes may differ).
 
     A class-conditional model codes each image with its ``labels`` entry, or
-    when None with the class that gives the smallest file; the label goes
+    when None with the class of least NLL (about the smallest file); the
+    label goes
     into the file. Images of one shape are coded `batch_for` at a time.
     """
     images = [self._check_image(x, k) for k, x in enumerate(images)]
@@ -349,8 +364,8 @@ class Codec:
       raise CompressionError(
           f'{what} was compressed with another model (id '
           f'{header.model_id.hex()}; this one is {model_id.hex()}). '
-          'Decompress it with the model that compressed it: the same '
-          '--workdir and --step (or pretrained model).')
+          'Decompress it with the model that compressed it: the pretrained '
+          'model, or the run and checkpoint step that compressed it.')
     C = self.model.num_channels
     if header.image_shape[2] != C:
       raise CompressionError(f'{what} holds a {header.image_shape[2]}-channel'
@@ -360,10 +375,6 @@ class Codec:
       raise CompressionError(f'{what} has label {header.label}, which this '
                              'model cannot take: it was written by another '
                              'model, or altered.')
-    if not container.batch_fits(header.batch, header.image_shape):
-      raise CompressionError(f'{what} claims a coding batch of '
-                             f'{header.batch} {header.image_shape} images, '
-                             'more than any file is written with: altered.')
     return header
 
   def decompress_files(self, files: list[bytes], whats=None,
@@ -377,15 +388,18 @@ class Codec:
     file, or one of another model, is an error, never a wrong image.
     """
     whats = whats or [f'file {k}' for k in range(len(files))]
+    if len(whats) != len(files):
+      raise ValueError(f'{len(whats)} names for {len(files)} files')
     headers = [self.read_file(d, w) for d, w in zip(files, whats)]
     rounds = {}   # (shape, batch) -> list of {slot: file index}
+    used = {}     # (shape, batch, slot) -> rounds holding that slot
     for k, h in enumerate(headers):
       slots = rounds.setdefault((h.image_shape, h.batch), [])
-      free = next((r for r in slots if h.slot not in r), None)
-      if free is None:
-        free = {}
-        slots.append(free)
-      free[h.slot] = k
+      r = used.get((h.image_shape, h.batch, h.slot), 0)
+      used[h.image_shape, h.batch, h.slot] = r + 1
+      if r == len(slots):
+        slots.append({})
+      slots[r][h.slot] = k
     out, start, done = [None] * len(files), time.time(), 0
     for (shape, batch), slots in rounds.items():
       for members in slots:

@@ -268,8 +268,10 @@ def _parse(data: bytes) -> Header:
 #   model id     3 bytes  the first bytes of the model's fingerprint: a file
 #                         of another model is refused before decoding
 #   info         u8       bits 0-1: C - 1; bits 2-5: log2 of the coding
-#                         batch B; bit 6: a class label follows; bit 7: 0
-#   H, W         varint each, 1..MAX_SIDE
+#                         batch B (B <= 256); bit 6: a class label follows;
+#                         bit 7: 0
+#   H, W         varint each, 1..MAX_SIDE (and the bounds of image_fits,
+#                         batch_fits)
 #   slot         varint   the image's row in the coding batch, < B
 #   label        varint   (iff bit 6) the class the image was coded with
 #   payload      the range coder's u32 words, little-endian, trailing zero
@@ -277,8 +279,9 @@ def _parse(data: bytes) -> Header:
 #   tag          4 bytes  blake2b of the model's full fingerprint, the bytes
 #                         above and the image's pixels: checked after
 #                         decoding, so an altered file or another model
-#                         (whose id happens to match) is an error, never a
-#                         wrong image
+#                         (whose id happens to match) is an error, not a
+#                         wrong image (a 2**-32 chance per altered file of
+#                         passing unseen)
 #
 # The decoder runs the coding loop at the file's batch shape B with the
 # image in its slot, as the encoder did, so that it computes the encoder's
@@ -290,15 +293,31 @@ TAG_BYTES = 4
 # Largest height or width a compact file may claim; with the batch shape it
 # bounds what decoding allocates.
 MAX_SIDE = 4096
-MAX_LOG2_BATCH = 12   # B <= 4096 = MAX_BATCH
+MAX_LOG2_BATCH = 8    # B <= 256
+MAX_FILE_BATCH = 2**MAX_LOG2_BATCH
 MAX_LABEL = 2**20
-# A coding batch of one-image files holds at most this many sub-pixels (or
-# one image): what a file can make the decoder allocate.
+# What a file can make the decoder allocate and compute, bounded before
+# decoding: an image holds at most MAX_IMAGE_SUBPIXELS sub-pixels (the coding
+# loop runs one step per sub-pixel: about half an hour for the largest on 2
+# CPU cores); a coding batch holds at most MAX_BATCH_SUBPIXELS (the canvas)
+# and MAX_BATCH_ROW sub-pixels per row (the loop's caches grow with
+# batch x width x channels; a row of 2**16 is about 0.5 GB for the pretrained
+# model). Batch 1 always fits an image that does.
+MAX_IMAGE_SUBPIXELS = 2**20
 MAX_BATCH_SUBPIXELS = 2**21
+MAX_BATCH_ROW = 2**16
+
+
+def image_fits(image_shape) -> bool:
+  H, W, C = image_shape
+  return max(H, W) <= MAX_SIDE and H * W * C <= MAX_IMAGE_SUBPIXELS
 
 
 def batch_fits(batch: int, image_shape) -> bool:
-  return batch == 1 or batch * math.prod(image_shape) <= MAX_BATCH_SUBPIXELS
+  H, W, C = image_shape
+  return batch == 1 or (batch <= MAX_FILE_BATCH
+                        and batch * H * W * C <= MAX_BATCH_SUBPIXELS
+                        and batch * W * C <= MAX_BATCH_ROW)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +380,11 @@ def check_compact_fields(image_shape, batch: int, slot: int,
                              'sizes a one-image file holds.')
   if not 1 <= C <= 4:
     raise CompressionError(f'{C} channels: one-image files hold 1..4.')
+  if not image_fits(image_shape):
+    raise CompressionError(
+        f'a {W}x{H} image of {C} channel(s) has more than the '
+        f'{MAX_IMAGE_SUBPIXELS:,} sub-pixels a one-image file holds (coding '
+        'takes one network step per sub-pixel); crop or tile it.')
   if batch < 1 or batch & (batch - 1) or batch > 2**MAX_LOG2_BATCH:
     raise CompressionError(f'the coding batch of one-image files is a power '
                            f'of two up to {2**MAX_LOG2_BATCH}, got {batch}.')
@@ -408,11 +432,15 @@ def read_compact(data: bytes, what: str = 'the file') -> CompactHeader:
       label, pos = _read_varint(data, pos, MAX_LABEL, 'label')
     if min(H, W) < 1 or pos > len(data) - TAG_BYTES:
       raise ValueError('fields out of range')
+    shape = (H, W, (info & 3) + 1)
+    if not image_fits(shape) or not batch_fits(batch, shape):
+      raise ValueError(f'a batch of {batch} {H}x{W} images is more than any '
+                       'file is written with')
   except ValueError as e:
     raise CompressionError(
         f'{what} is truncated or malformed ({e}): it was not written by '
         'gated_pixelcnn, or was altered. Nothing was written.') from e
-  return CompactHeader(model_id=model_id, image_shape=(H, W, (info & 3) + 1),
+  return CompactHeader(model_id=model_id, image_shape=shape,
                        batch=batch, slot=slot, label=label,
                        payload_offset=pos)
 

@@ -133,7 +133,8 @@ def load_inputs(config, image_shape
   return images, [p.stem for p in files], f'{spec} ({len(files)} images)'
 
 
-def output(config, folder: bool) -> epath.Path:
+def output(config, folder: bool, what: str = 'compress.output'
+           ) -> epath.Path:
   """compress.output: set, and new (a folder may exist if empty)."""
   if not config.compress.output:
     raise CompressionError('set --config.compress.output: the file (or, for '
@@ -144,16 +145,16 @@ def output(config, folder: bool) -> epath.Path:
   while not parent.exists() and parent != parent.parent:
     parent = parent.parent
   if not parent.is_dir():
-    raise CompressionError(f'compress.output {path} lies under {parent}, '
+    raise CompressionError(f'{what} {path} lies under {parent}, '
                            'which is a file, not a folder; give another '
                            'path.')
   if os.path.islink(path):
-    raise CompressionError(f'compress.output {path} is a symbolic link; give '
+    raise CompressionError(f'{what} {path} is a symbolic link; give '
                            'a new path.')
   if path.exists() and not (folder and path.is_dir()
                             and not any(path.iterdir())):
     raise CompressionError(
-        f'compress.output {path} already exists; choose a new '
+        f'{what} {path} already exists; choose a new '
         f'{"folder" if folder else "file"} (it is never overwritten).')
   return path
 
@@ -177,8 +178,12 @@ def write_folder(dst: epath.Path, files: dict[str, bytes]) -> None:
   """Writes every file into a temporary sibling, then renames it into place
   (which fails if ``dst`` has become non-empty): an interrupted or failed
   run leaves no partial output."""
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{dst.name}.partial-', dir=dst.parent)
+  try:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{dst.name}.partial-', dir=dst.parent)
+  except OSError as e:
+    raise CompressionError(f'cannot write into {dst.parent} ({e}); give '
+                           'another output folder.') from e
   try:
     for name, data in files.items():
       if os.path.basename(name) != name or name.startswith('.'):

@@ -305,13 +305,13 @@ def compress_checkpoint(config: ml_collections.ConfigDict,
   return str(out)
 
 
-def _codec_of(config, workdir, trainer, data: bytes) -> compression.Codec:
+def _codec_of(config, workdir, trainer, model_id: bytes
+              ) -> compression.Codec:
   """The codec of compress.step, or (None) of the newest checkpoint whose
-  model id is the one-image file ``data``'s, newest first (the files do not
-  name a step). Falls back to the newest, whose check then explains."""
+  model id is ``model_id`` (one-image files name no step). Falls back to
+  the newest, whose check then says what is wrong."""
   codec = compression.Codec.from_workdir(config, workdir, config.compress.step,
                                          trainer=trainer)
-  model_id = container.read_compact(data).model_id
   if config.compress.step is not None or config.get('pretrained') or (
       codec.fingerprint.startswith(model_id)):
     return codec
@@ -321,13 +321,18 @@ def _codec_of(config, workdir, trainer, data: bytes) -> compression.Codec:
   finally:
     manager.close()
   for step in steps:
-    if step != codec.step:
+    if step == codec.step:
+      continue
+    try:
       other = compression.Codec.from_workdir(config, workdir, step,
                                              trainer=trainer)
-      if other.fingerprint.startswith(model_id):
-        logging.info('The files were compressed with the checkpoint of step '
-                     '%d.', step)
-        return other
+    except checkpointing.CheckpointError as e:
+      logging.warning('Skipping the checkpoint of step %d: %s', step, e)
+      continue
+    if other.fingerprint.startswith(model_id):
+      logging.info('The files were compressed with the checkpoint of step '
+                   '%d.', step)
+      return other
   return codec
 
 
@@ -350,6 +355,8 @@ def decompress_checkpoint(config: ml_collections.ConfigDict,
            else [src])
   blobs = {p: p.read_bytes() for p in paths}
   compact = {p: d for p, d in blobs.items() if container.is_compact(d)}
+  compact_ids = {container.read_compact(d, str(p)).model_id
+                 for p, d in compact.items()}   # each file parsed first
   headers = {p: compression.read_header(d, str(p)) for p, d in blobs.items()
              if p not in compact}
   run_steps = sorted({h.step for h in headers.values()})
@@ -368,8 +375,13 @@ def decompress_checkpoint(config: ml_collections.ConfigDict,
     for p, h in headers.items():   # all checked before any decoding
       codec.check_header(h, str(p))
   if compact:
+    if len(compact_ids) > 1:
+      raise CompressionError(
+          f'{spec} holds one-image files of {len(compact_ids)} models (ids '
+          f'{", ".join(sorted(i.hex() for i in compact_ids))}); decompress '
+          'them separately.')
     codec = codecs['one'] = _codec_of(config, workdir, trainer,
-                                      next(iter(compact.values())))
+                                      compact_ids.pop())
     for p, d in compact.items():
       codec.read_file(d, str(p))
   pngs, start, count = {}, time.time(), 0

@@ -97,7 +97,7 @@ RANGES: dict[str, Range] = {
     'sample.num_interpolations': Range(2),
     'compress.num_images': _NATURAL,   # 0: all
     'compress.batch_size': Range(1, container.MAX_BATCH),
-    'compress.file_batch': Range(1, container.MAX_BATCH),
+    'compress.file_batch': Range(1, container.MAX_FILE_BATCH),
     'compress.step': Range(0, optional=True),
 }
 

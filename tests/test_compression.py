@@ -309,13 +309,18 @@ def test_bad_one_image_files_fail_clearly(sharp):
     for data in files:
       with pytest.raises(compression.CompressionError, match=match):
         small.decompress_files([data])
-  # A header claiming a huge batch of huge images: refused unread.
-  huge = container.COMPACT_MAGIC + good[2:5] + bytes([0x2C]) + (
-      container._varint(4096) * 2 + b'\x00' + good[-30:])
-  with pytest.raises(compression.CompressionError, match='coding batch'):
-    small.decompress_files([huge])
+  # Headers claiming more than any file is written with (a batch of 256
+  # rows of 512, whose caches would take gigabytes; a 2048x1024 image; a
+  # batch of 512): refused unread.
+  for info, H, W in ((0x20, 1, 512), (0x00, 2048, 1024), (0x24, 1, 1)):
+    huge = container.COMPACT_MAGIC + good[2:5] + bytes([info]) + (
+        container._varint(H) + container._varint(W) + b'\x00' + good[-30:])
+    with pytest.raises(compression.CompressionError,
+                       match='more than any file|unknown info byte'):
+      small.decompress_files([huge])
   for bad, match in (((28, 28, 3), 'codes \\[H, W, 1\\]'),
-                     ((0, 5, 1), 'height 0'), ((5, 4097, 1), 'width 4097')):
+                     ((0, 5, 1), 'height 0'), ((5, 4097, 1), 'width 4097'),
+                     ((1025, 1024, 1), 'crop or tile it')):
     with pytest.raises(compression.CompressionError, match=match):
       small.compress_files([np.zeros(bad, np.uint8)])
   with pytest.raises(compression.CompressionError, match='unconditional'):
@@ -608,7 +613,8 @@ def test_run_coder_checks_the_coder_and_recovers(sharp):
 def test_models_that_cannot_compress_are_refused():
   for model in (models.GatedPixelCNN(num_layers=1, features=4, num_classes=3),
                 models.PixelCNN(num_layers=1, features=4)):
-    with pytest.raises(compression.CompressionError, match='unconditional'):
+    with pytest.raises(compression.CompressionError,
+                       match='unconditional|needs a Gated PixelCNN'):
       compression.check_codable(model)
 
 
