@@ -36,17 +36,22 @@ from gated_pixelcnn import pretrained
 
 DEFAULT_MODEL = pretrained.ROOT / 'pretrained' / 'fashion_mnist'
 
-_OUTPUT = flags.DEFINE_string('o', None, 'the new folder to write into')
-_DECOMPRESS = flags.DEFINE_bool('d', False, 'decompress .gpx files to PNGs')
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'a training run to code with (with --config); default: '
-    'the pretrained Fashion-MNIST model')
-_STEP = flags.DEFINE_integer('step', None, 'checkpoint step of --workdir '
-                             '(default: the newest)')
-_FILE_BATCH = flags.DEFINE_integer(
-    'file_batch', None, 'compress: files coded together, a power of two '
-    'up to 256 (default: the config\'s compress.file_batch, 64)')
-config_flags.DEFINE_config_file('config', None, 'the config of --workdir')
+
+
+def _define_flags():
+  """The command's flags (defined only when it runs as a program, so that
+  importing this module defines none)."""
+  flags.DEFINE_string('o', None, 'the new folder to write into')
+  flags.DEFINE_bool('d', False, 'decompress .gpx files to PNGs')
+  flags.DEFINE_string(
+      'workdir', None, 'a training run to code with (with --config); '
+      'default: the pretrained Fashion-MNIST model')
+  flags.DEFINE_integer('step', None, 'checkpoint step of --workdir '
+                       '(default: the newest)')
+  flags.DEFINE_integer(
+      'file_batch', None, 'compress: files coded together, a power of two '
+      'up to 256 (default: the config\'s compress.file_batch, 64)')
+  config_flags.DEFINE_config_file('config', None, 'the config of --workdir')
 
 
 def _inputs(args: list[str], suffix: str | None) -> list[epath.Path]:
@@ -74,14 +79,9 @@ def _inputs(args: list[str], suffix: str | None) -> list[epath.Path]:
   return paths
 
 
-def _codec(config) -> compression.Codec:
-  workdir = _WORKDIR.value or str(DEFAULT_MODEL)
-  return compression.Codec.from_workdir(config, workdir, step=_STEP.value)
-
-
-def _config():
-  config = flags.FLAGS.config
-  if (config is None) != (_WORKDIR.value is None):
+def _config(config, workdir, output: str, file_batch: int | None):
+  """The config to code with, checked: the pretrained model's by default."""
+  if (config is None) != (workdir is None):
     raise compression.CompressionError(
         'give --config and --workdir together (a run of your own), or '
         'neither (the pretrained model).')
@@ -91,24 +91,43 @@ def _config():
           f'no pretrained model at {DEFAULT_MODEL}: give --config and '
           '--workdir of a trained run.')
     config = pretrained.config_of(DEFAULT_MODEL)
-  if _FILE_BATCH.value is not None:
-    b = _FILE_BATCH.value
-    if b < 1 or b & (b - 1) or b > container.MAX_FILE_BATCH:
+  else:
+    config = config.copy_and_resolve_references()
+  if file_batch is not None:
+    if file_batch < 1 or file_batch & (file_batch - 1) or (
+        file_batch > container.MAX_FILE_BATCH):
       raise compression.CompressionError(
           f'--file_batch must be a power of two in 1..'
-          f'{container.MAX_FILE_BATCH}, got {b}.')
-    config.compress.file_batch = b
+          f'{container.MAX_FILE_BATCH}, got {file_batch}.')
+    config.compress.file_batch = file_batch
   # -o: new (or an empty folder), not a link, not under a file; checked
   # before any coding.
-  config.compress.output = _OUTPUT.value
+  config.compress.output = output
   return config
 
 
-def compress(args: list[str]) -> None:
-  config = _config()
+def run(inputs: list[str], output: str, *, decompress: bool = False,
+        config=None, workdir: str | None = None, step: int | None = None,
+        file_batch: int | None = None) -> None:
+  """What the command does: ``inputs`` (files or folders) into the new
+  folder ``output``; the model of ``config`` and ``workdir`` (both None:
+  the pretrained one). Bad input raises errors.UserError, before coding."""
+  config = _config(config, workdir, output, file_batch)
   out = image_files.output(config, folder=True, what='-o')
-  paths = _inputs(args, None)
-  codec = _codec(config)
+  paths = _inputs(inputs, container.SUFFIX if decompress else None)
+  if decompress:
+    _decompress(config, workdir, step, paths, out)
+  else:
+    _compress(config, workdir, step, paths, out)
+
+
+def _codec(config, workdir, step) -> compression.Codec:
+  return compression.Codec.from_workdir(
+      config, workdir or str(DEFAULT_MODEL), step=step)
+
+
+def _compress(config, workdir, step, paths, out) -> None:
+  codec = _codec(config, workdir, step)
   C = codec.model.num_channels
   images = [image_files.read_image(p, (None, None, C)) for p in paths]
   start = time.time()
@@ -122,10 +141,7 @@ def compress(args: list[str]) -> None:
                len(files) / (time.time() - start))
 
 
-def decompress(args: list[str]) -> None:
-  config = _config()
-  out = image_files.output(config, folder=True, what='-o')
-  paths = _inputs(args, container.SUFFIX)
+def _decompress(config, workdir, step, paths, out) -> None:
   blobs = [p.read_bytes() for p in paths]
   for p, data in zip(paths, blobs):
     if not container.is_compact(data):
@@ -134,7 +150,7 @@ def decompress(args: list[str]) -> None:
           f'{p} is a format-1 .gpx file (one or many images, with its '
           'checkpoint step): decompress it with python -m '
           'gated_pixelcnn.main --mode=decompress.')
-  codec = _codec(config)
+  codec = _codec(config, workdir, step)
   start = time.time()
   decoded = codec.decompress_files(blobs, [str(p) for p in paths],
                                    progress=len(blobs) > 1)
@@ -146,13 +162,16 @@ def decompress(args: list[str]) -> None:
 
 
 def main(argv):
-  if _OUTPUT.value is None:
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if FLAGS.o is None:
     raise app.UsageError('give -o FOLDER: the new folder to write into.')
   try:
-    (decompress if _DECOMPRESS.value else compress)(argv[1:])
+    run(argv[1:], FLAGS.o, decompress=FLAGS.d, config=FLAGS.config,
+        workdir=FLAGS.workdir, step=FLAGS.step, file_batch=FLAGS.file_batch)
   except errors.UserError as e:
     sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
