@@ -21,7 +21,6 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import tensorflow as tf
 
 from gated_pixelcnn import distributed
 from gated_pixelcnn import errors
@@ -128,7 +127,8 @@ def _run(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if not _tracebacks():
     _quiet_async_noise()
-  tf.config.set_visible_devices([], 'GPU')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')   # (seconds to import: here)
   try:
     config = FLAGS.config
     config.keys()   # a file that failed to load fails on first use

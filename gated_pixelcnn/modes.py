@@ -13,7 +13,6 @@ import time
 from typing import Callable, Iterable
 
 from absl import logging
-from clu import metric_writers
 from etils import epath
 import jax
 import jax.numpy as jnp
@@ -66,6 +65,7 @@ def _writes_workdir(mode: Callable) -> Callable:
 
 
 def _writer(workdir):
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   return metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 

@@ -17,9 +17,7 @@ import functools
 from typing import Callable, Iterable
 
 from absl import logging
-from clu import metric_writers
 from clu import parameter_overview
-from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -257,6 +255,10 @@ def _train(config, workdir: str, trainer: Trainer, builder, manager,
            ) -> tuple[int, dict[str, float]]:
   """Restores or initialises the state and trains; returns the last step
   and the last eval metrics."""
+  # clu's writers and periodic actions import TensorFlow (seconds): only
+  # when training, not for --help, a bad flag or a job that needs no TF.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   spec = trainer.spec
   with_labels = trainer.with_labels
   train_source = input_pipeline.open_split(builder, spec.train_split,
