@@ -94,11 +94,7 @@ def _config(config, workdir, output: str, file_batch: int | None):
   else:
     config = config.copy_and_resolve_references()
   if file_batch is not None:
-    if file_batch < 1 or file_batch & (file_batch - 1) or (
-        file_batch > container.MAX_FILE_BATCH):
-      raise compression.CompressionError(
-          f'--file_batch must be a power of two in 1..'
-          f'{container.MAX_FILE_BATCH}, got {file_batch}.')
+    container.check_file_batch(file_batch, '--file_batch')
     config.compress.file_batch = file_batch
   # -o: new (or an empty folder), not a link, not under a file; checked
   # before any coding.

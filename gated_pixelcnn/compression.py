@@ -42,6 +42,7 @@ import numpy as np
 
 from gated_pixelcnn import container
 from gated_pixelcnn import figures
+from gated_pixelcnn import likelihood
 from gated_pixelcnn import runs
 from gated_pixelcnn import sampling
 from gated_pixelcnn import train
@@ -113,11 +114,8 @@ def check_codable(model, config=None, labels_ok: bool = False) -> None:
 @functools.partial(jax.jit, static_argnums=0)
 def _image_nll(model, variables, images, labels):
   """Each image's NLL in nats (the labels' class)."""
-  logits = model.apply(variables, images.astype(jnp.int32), labels)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  picked = jnp.take_along_axis(logp, images.astype(jnp.int32)[..., None],
-                               axis=-1)
-  return -picked.sum(axis=(1, 2, 3, 4))
+  images = images.astype(jnp.int32)
+  return -likelihood.log_prob(model.apply(variables, images, labels), images)
 
 
 class Codec:
@@ -140,10 +138,7 @@ class Codec:
   def __init__(self, model, params, *, image_shape: tuple[int, int, int],
                step: int, batch_size: int = 256, file_batch: int = 64):
     check_codable(model, labels_ok=True)
-    if file_batch < 1 or file_batch & (file_batch - 1) or (
-        file_batch > container.MAX_FILE_BATCH):
-      raise CompressionError(f'file_batch must be a power of two in 1..'
-                             f'{container.MAX_FILE_BATCH}, got {file_batch}.')
+    container.check_file_batch(file_batch)
     self.file_batch = file_batch
     if not 1 <= batch_size <= container.MAX_BATCH:
       raise CompressionError(f'batch_size must be in 1..{container.MAX_BATCH}'

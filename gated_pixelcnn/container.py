@@ -307,6 +307,18 @@ MAX_BATCH_SUBPIXELS = 2**21
 MAX_BATCH_ROW = 2**16
 
 
+def is_file_batch(batch: int) -> bool:
+  """A coding batch a one-image file can record: a power of two up to
+  MAX_FILE_BATCH."""
+  return 1 <= batch <= MAX_FILE_BATCH and not batch & (batch - 1)
+
+
+def check_file_batch(batch: int, what: str = 'file_batch') -> None:
+  if not is_file_batch(batch):
+    raise CompressionError(f'{what} must be a power of two in 1..'
+                           f'{MAX_FILE_BATCH}, got {batch}.')
+
+
 def image_fits(image_shape) -> bool:
   H, W, C = image_shape
   return max(H, W) <= MAX_SIDE and H * W * C <= MAX_IMAGE_SUBPIXELS
@@ -384,7 +396,7 @@ def check_compact_fields(image_shape, batch: int, slot: int,
         f'a {W}x{H} image of {C} channel(s) has more than the '
         f'{MAX_IMAGE_SUBPIXELS:,} sub-pixels a one-image file holds (coding '
         'takes one network step per sub-pixel); crop or tile it.')
-  if batch < 1 or batch & (batch - 1) or batch > 2**MAX_LOG2_BATCH:
+  if not is_file_batch(batch):
     raise CompressionError(f'the coding batch of one-image files is a power '
                            f'of two up to {2**MAX_LOG2_BATCH}, got {batch}.')
   if not 0 <= slot < batch:

@@ -380,10 +380,8 @@ def decompress_checkpoint(config: ml_collections.ConfigDict,
           f'{spec} holds one-image files of {len(compact_ids)} models (ids '
           f'{", ".join(sorted(i.hex() for i in compact_ids))}); decompress '
           'them separately.')
-    codec = codecs['one'] = _codec_of(config, workdir, trainer,
-                                      compact_ids.pop())
-    for p, d in compact.items():
-      codec.read_file(d, str(p))
+    # decompress_files checks every header against it before decoding.
+    codecs['one'] = _codec_of(config, workdir, trainer, compact_ids.pop())
   pngs, start, count = {}, time.time(), 0
 
   def add(name, image):

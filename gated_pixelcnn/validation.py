@@ -164,7 +164,7 @@ def validate_config(config: ml_collections.ConfigDict,
         f'the per-device batch (batch_size {config.batch_size} / '
         f'{num_devices} devices); e.g. --config.microbatches=0.')
   file_batch = config.get('compress', {}).get('file_batch', 1)
-  check(file_batch & (file_batch - 1) == 0,
+  check(container.is_file_batch(file_batch),
         f'compress.file_batch = {file_batch} must be a power of two; e.g. '
         f'--config.compress.file_batch={1 << (file_batch.bit_length() - 1)}.')
   check(config.optimizer in optim.OPTIMIZERS,
