@@ -8,6 +8,12 @@ Gated PixelCNN with k = 5 a middle layer costs exactly 42 p^2 multiply-adds
 per pixel: vertical 3x5 (p -> 2p) 30 p^2, horizontal 1x3 6 p^2, v->h 4 p^2,
 residual p^2, skip p^2.
 
+`macs_per_pixel` is that per-pixel count. The implementation skips the
+vertical stack's last row, which feeds nothing (`layers.GatedBlock`), so an
+H x W image costs `macs_per_image`: the vertical convolutions and the v->h
+link over (H - 1) x W pixels, the rest over H x W; FLOPs and rates reported
+by the benchmarks use that exact count.
+
 `matmul_macs` counts the multiply-adds of the convolutions and matrix
 products that a traced function really executes, so tests can check that
 the implementation does no more (and no less) than the model asks for.
@@ -32,20 +38,21 @@ def _head_macs(model_config) -> int:
           hidden * model_config.num_channels * NUM_VALUES)
 
 
-def _gated_macs(model_config) -> int:
+def _gated_stack_macs(model_config) -> tuple[int, int]:
+  """(vertical stack, rest) multiply-adds per pixel of the Gated PixelCNN."""
   p, C = model_config.features, model_config.num_channels
-  total = 0
+  vertical = rest = 0
   for i in range(model_config.num_layers):
     k = model_config.first_kernel_size if i == 0 else model_config.kernel_size
     rows = k // 2 + 1
     inputs = C if i == 0 else p
-    total += rows * k * inputs * 2 * p     # vertical (k//2+1) x k
-    total += rows * inputs * 2 * p         # horizontal 1 x (k//2+1)
-    total += 2 * p * 2 * p                 # v -> h link
-    total += p * p                         # skip
+    vertical += rows * k * inputs * 2 * p  # vertical (k//2+1) x k
+    vertical += 2 * p * 2 * p              # v -> h link
+    rest += rows * inputs * 2 * p          # horizontal 1 x (k//2+1)
+    rest += p * p                          # skip
     if i < model_config.num_layers - 1:
-      total += p * p                       # residual (unused in the last)
-  return total + _head_macs(model_config)
+      rest += p * p                        # residual (unused in the last)
+  return vertical, rest + _head_macs(model_config)
 
 
 def _pixelcnn_macs(model_config) -> int:
@@ -59,16 +66,25 @@ def _pixelcnn_macs(model_config) -> int:
 def macs_per_pixel(model_config) -> int:
   """Multiply-adds per pixel of one forward pass (unconditional part)."""
   if model_config.name == 'gated_pixelcnn':
-    return _gated_macs(model_config)
+    return sum(_gated_stack_macs(model_config))
   if model_config.name == 'pixelcnn':
     return _pixelcnn_macs(model_config)
   raise ValueError(f'no cost model for model.name {model_config.name!r}')
 
 
+def macs_per_image(model_config, image_shape) -> int:
+  """Multiply-adds of one forward pass over an ``(H, W, ...)`` image, as
+  executed (the Gated PixelCNN's vertical stack skips the last row)."""
+  H, W = image_shape[:2]
+  if model_config.name == 'gated_pixelcnn':
+    vertical, rest = _gated_stack_macs(model_config)
+    return vertical * (H - 1) * W + rest * H * W
+  return macs_per_pixel(model_config) * H * W
+
+
 def flops_per_image(model_config, image_shape) -> dict[str, float]:
   """{'forward': ..., 'train': ...} FLOPs for one image of ``(H, W, C)``."""
-  H, W = image_shape[:2]
-  forward = 2 * macs_per_pixel(model_config) * H * W
+  forward = 2 * macs_per_image(model_config, image_shape)
   return {'forward': float(forward),
           'train': float(TRAIN_FLOPS_PER_FORWARD_FLOP * forward)}
 

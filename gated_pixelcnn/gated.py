@@ -55,7 +55,8 @@ class GatedPixelCNN(model_parts.Capabilities, nn.Module):
     h_BxD = model_parts.global_condition(labels, self.num_classes, cond_vector)
 
     dtype = jnp.dtype(self.dtype)
-    v = h = model_parts.scale_images(images)
+    h = model_parts.scale_images(images)
+    v = h[:, :-1]   # the vertical stack skips the last row (layers.GatedBlock)
     skips = []
     for i in range(self.num_layers):
       v, h, skip = layers.GatedBlock(

@@ -125,7 +125,8 @@ def test_receptive_field_covers_everything_earlier_when_deep_enough():
 
 def _break_shift(monkeypatch):
   # Trap 1: vertical features reach the horizontal stack of the same row.
-  monkeypatch.setattr(layers, 'shift_down', lambda x: x)
+  monkeypatch.setattr(layers, 'link_rows_below', lambda x: jnp.pad(
+      x, ((0, 0), (0, 1), (0, 0), (0, 0))))
 
 
 def _break_first_mask(monkeypatch):
