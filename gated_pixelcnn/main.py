@@ -26,6 +26,7 @@ from gated_pixelcnn import distributed
 from gated_pixelcnn import errors
 from gated_pixelcnn import modes
 from gated_pixelcnn import parallel
+from gated_pixelcnn import validation
 from gated_pixelcnn import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -127,13 +128,14 @@ def _run(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if not _tracebacks():
     _quiet_async_noise()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')   # (seconds to import: here)
   try:
     config = FLAGS.config
     config.keys()   # a file that failed to load fails on first use
   except Exception as e:  # pylint: disable=broad-except
     raise _config_error(e) from e
+  validation.check_ranges(config)   # bad values: one line, in a second
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')   # (seconds to import: here)
   if FLAGS.mode == 'train':
     parallel.handle_sigterm()  # from the start: checkpoint and stop
   # Both before JAX's backends start.

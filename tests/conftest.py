@@ -44,6 +44,27 @@ def fake_tfds_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('tfds')
 
 
+@pytest.fixture(scope='session')
+def fashion_mnist_tfds_dir(tmp_path_factory):
+  """The real Fashion-MNIST, prepared from the Debian package once for the
+  whole run (pytest-xdist workers share it through a lock); skips without
+  the package."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  from gated_pixelcnn import datasets  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(datasets.DEBIAN_FASHION_MNIST):
+    pytest.skip('needs Debian package dataset-fashion-mnist (scripts/test.sh '
+                'installs it)')
+  shared = tmp_path_factory.getbasetemp().parent   # common to all workers
+  folder, done = shared / 'fashion_mnist_tfds', shared / 'fashion_mnist.done'
+  with open(shared / 'fashion_mnist.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      datasets.prepare('fashion_mnist', datasets.DEBIAN_FASHION_MNIST,
+                       str(folder))
+      done.touch()
+  return folder
+
+
 @pytest.fixture
 def fake_config(fake_mnist_dir, fake_tfds_dir):
   """configs/test.py on the fake dataset (prepared on first use)."""

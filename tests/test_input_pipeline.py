@@ -1,7 +1,5 @@
 """Offline TFDS builders and the deterministic input pipeline."""
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -11,12 +9,11 @@ from gated_pixelcnn import input_pipeline
 from tests import fake_data
 
 
-def test_offline_fashion_mnist_has_stock_splits_and_features(tmp_path):
-  if not os.path.isdir(datasets.DEBIAN_FASHION_MNIST):
-    pytest.skip('needs Debian package dataset-fashion-mnist (scripts/test.sh '
-                'installs it)')
+def test_offline_fashion_mnist_has_stock_splits_and_features(
+    fashion_mnist_tfds_dir, tmp_path):
+  # Prepared by the fixture; preparing again reuses it.
   builder = datasets.prepare('fashion_mnist', datasets.DEBIAN_FASHION_MNIST,
-                             str(tmp_path))
+                             str(fashion_mnist_tfds_dir))
   assert builder.info.splits['train'].num_examples == 60_000
   assert builder.info.splits['test'].num_examples == 10_000
   stock = tfds.builder('fashion_mnist', data_dir=str(tmp_path / 'stock'))
@@ -24,7 +21,8 @@ def test_offline_fashion_mnist_has_stock_splits_and_features(tmp_path):
   assert builder.info.version == stock.info.version
   # The ordinary TFDS entry points find the prepared data, offline.
   source = tfds.data_source('fashion_mnist', split='test',
-                            data_dir=str(tmp_path), download=False)
+                            data_dir=str(fashion_mnist_tfds_dir),
+                            download=False)
   example = source[0]
   assert example['image'].shape == (28, 28, 1)
   assert example['image'].dtype == np.uint8

@@ -37,12 +37,10 @@ def test_train_and_evaluate_on_generated_data(fake_config, tmp_path):
           'eval/bits_per_dim'} <= helpers.tags(workdir)
 
 
-def test_train_on_offline_fashion_mnist(fake_config, tmp_path):
-  from gated_pixelcnn import datasets  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(datasets.DEBIAN_FASHION_MNIST):
-    pytest.skip('needs Debian package dataset-fashion-mnist')
+def test_train_on_offline_fashion_mnist(fake_config, fashion_mnist_tfds_dir,
+                                       tmp_path):
   fake_config.manual_dir = None  # the Debian default
-  fake_config.data_dir = str(tmp_path / 'tfds')
+  fake_config.data_dir = str(fashion_mnist_tfds_dir)
   fake_config.num_train_steps = 2
   fake_config.eval_batch_size = 1000
   metrics = train.train_and_evaluate(fake_config, str(tmp_path / 'run'))
