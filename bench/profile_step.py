@@ -3,6 +3,7 @@
   python -m bench.profile_step [--features=48] [--cpu-devices=0] \
       [--microbatches=0]
   python -m bench.profile_step --conv [--features=48]   # kernel ceiling
+  taskset -c 0 python -m bench.profile_step --conv --conv-batch=16  # 1 core
 
 Default mode: traces 3 train steps of the default model (batch 32, float32,
 run as training runs it here: `bench/train.py`'s `jitted_step`)
@@ -49,6 +50,10 @@ _FEATURES = flags.DEFINE_integer(
 flags.adopt_module_key_flags(step_flags)
 _CONV = flags.DEFINE_bool(
     'conv', False, 'compare the vertical-stack conv kernel instead')
+_CONV_BATCH = flags.DEFINE_integer(
+    'conv-batch', 32, 'images per --conv call (both frameworks use the '
+    'cores this process may run on: `taskset -c 0` for one core)',
+    lower_bound=1)
 
 
 def _best_seconds(fn, repeats=5):
@@ -63,7 +68,6 @@ def _best_seconds(fn, repeats=5):
 
 def conv_ceiling(features: int, batch: int = 32, size: int = 28) -> None:
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp
   import numpy as np
   from gated_pixelcnn import layers  # pylint: disable=g-import-not-at-top
 
@@ -81,7 +85,13 @@ def conv_ceiling(features: int, batch: int = 32, size: int = 28) -> None:
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   forward = jax.jit(conv)
-  both = jax.jit(jax.grad(lambda x, w: jnp.vdot(conv(x, w), dy), (0, 1)))
+  def forward_and_backward(x, w):
+    # The output too: a gradient alone would let XLA drop the forward conv
+    # (the loss is linear in it), while PyTorch's backward() runs it.
+    y, vjp = jax.vjp(conv, x, w)
+    return y, vjp(dy)
+
+  both = jax.jit(forward_and_backward)
   rows = [('XLA', _best_seconds(lambda: jax.block_until_ready(forward(x, w))),
            _best_seconds(lambda: jax.block_until_ready(both(x, w))))]
   try:
@@ -90,7 +100,7 @@ def conv_ceiling(features: int, batch: int = 32, size: int = 28) -> None:
   except ImportError:
     torch = None
   if torch is not None:
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(
         memory_format=torch.channels_last).requires_grad_()
     tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_()
@@ -198,7 +208,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   if _CONV.value:
-    conv_ceiling(_FEATURES.value)
+    conv_ceiling(_FEATURES.value, _CONV_BATCH.value)
   else:
     profile(_FEATURES.value, step_flags.CPU_DEVICES.value,
             step_flags.MICROBATCHES.value)

@@ -72,19 +72,23 @@ def macs_per_pixel(model_config) -> int:
   raise ValueError(f'no cost model for model.name {model_config.name!r}')
 
 
-def macs_per_image(model_config, image_shape) -> int:
+def macs_per_image(model_config, image_shape, all_rows: bool = False) -> int:
   """Multiply-adds of one forward pass over an ``(H, W, ...)`` image, as
-  executed (the Gated PixelCNN's vertical stack skips the last row)."""
+  executed (the Gated PixelCNN's vertical stack skips the last row; with
+  ``all_rows``, as an implementation that computes it, e.g. the paper's
+  count)."""
   H, W = image_shape[:2]
-  if model_config.name == 'gated_pixelcnn':
+  if model_config.name == 'gated_pixelcnn' and not all_rows:
     vertical, rest = _gated_stack_macs(model_config)
     return vertical * (H - 1) * W + rest * H * W
   return macs_per_pixel(model_config) * H * W
 
 
-def flops_per_image(model_config, image_shape) -> dict[str, float]:
-  """{'forward': ..., 'train': ...} FLOPs for one image of ``(H, W, C)``."""
-  forward = 2 * macs_per_image(model_config, image_shape)
+def flops_per_image(model_config, image_shape, all_rows: bool = False
+                    ) -> dict[str, float]:
+  """{'forward': ..., 'train': ...} FLOPs for one image of ``(H, W, C)``
+  (``all_rows``: see `macs_per_image`)."""
+  forward = 2 * macs_per_image(model_config, image_shape, all_rows)
   return {'forward': float(forward),
           'train': float(TRAIN_FLOPS_PER_FORWARD_FLOP * forward)}
 

@@ -59,6 +59,8 @@ def test_paper_size_forward_flops():
   assert 2 * 42 * 384**2 * 20 * 32 * 32 == pytest.approx(255e9, rel=0.01)
   per_pixel = 2 * cost.macs_per_pixel(config.model) * 32 * 32
   assert per_pixel == pytest.approx(244.4e9, rel=0.001)
+  assert cost.flops_per_image(config.model, (32, 32, 3), all_rows=True)[
+      'forward'] == per_pixel
   assert flops['forward'] == pytest.approx(238.3e9, rel=0.001)
   assert flops['train'] == 3 * flops['forward']
 
