@@ -1,5 +1,8 @@
 """Offline TFDS builders and the deterministic input pipeline."""
 
+import os
+
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -29,6 +32,22 @@ def test_offline_fashion_mnist_has_stock_splits_and_features(
   assert 0 <= example['label'] < 10
   labels = [source[i]['label'] for i in range(0, 10_000, 97)]
   assert len(set(labels)) == 10
+
+
+@pytest.mark.skipif(not os.path.isdir(datasets.DEBIAN_FASHION_MNIST),
+                    reason='needs Debian package dataset-fashion-mnist')
+def test_fashion_mnist_is_prepared_from_debians_folder_by_default(
+    tmp_path, monkeypatch):
+  """With no manual_dir, training prepares Fashion-MNIST on first use from
+  the Debian package's folder (the other tests share one prepared copy)."""
+  calls = []
+  monkeypatch.setattr(datasets, 'prepare', lambda *args: calls.append(args))
+  config = ml_collections.ConfigDict(dict(
+      dataset='fashion_mnist', manual_dir=None,
+      data_dir=str(tmp_path / 'tfds'), download=False))
+  input_pipeline.get_builder(config)
+  assert calls == [('fashion_mnist', datasets.DEBIAN_FASHION_MNIST,
+                    str(tmp_path / 'tfds'))]
 
 
 def test_mnist_idx_files_round_trip(fake_mnist_dir, tmp_path):
