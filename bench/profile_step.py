@@ -14,9 +14,11 @@ optimizer). Times are summed over threads, so with 2 devices on 2 cores the
 total is about twice the wall time; the shares are what matter.
 
 --conv: the vertical-stack convolution ((k//2+1) x k, p -> 2p, 71% of the
-model's FLOPs at k = 5), forward and forward+backward, in XLA (as the model
-runs it) and, when PyTorch is installed, in PyTorch (oneDNN), same shapes.
-The ratio bounds how far the whole step can get ahead of the reference.
+model's FLOPs at k = 5): forward, each of its two backward convolutions
+alone (input gradient, kernel gradient: the same FLOPs as the forward), and
+forward+backward, in XLA (as the model runs it) and, when PyTorch is
+installed, in PyTorch (oneDNN), same shapes. The ratio bounds how far the
+whole step can get ahead of the reference.
 """
 
 from __future__ import annotations
@@ -92,8 +94,11 @@ def conv_ceiling(features: int, batch: int = 32, size: int = 28) -> None:
     return y, vjp(dy)
 
   both = jax.jit(forward_and_backward)
-  rows = [('XLA', _best_seconds(lambda: jax.block_until_ready(forward(x, w))),
-           _best_seconds(lambda: jax.block_until_ready(both(x, w))))]
+  # Each backward convolution alone (its forward is not needed for it).
+  input_grad = jax.jit(lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](dy))
+  kernel_grad = jax.jit(lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](dy))
+  rows = [('XLA', *(_best_seconds(lambda f=f: jax.block_until_ready(f(x, w)))
+                    for f in (forward, input_grad, kernel_grad, both)))]
   try:
     import torch  # pylint: disable=g-import-not-at-top
     import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -113,16 +118,22 @@ def conv_ceiling(features: int, batch: int = 32, size: int = 28) -> None:
     def torch_both():
       torch_forward().backward(tdy)
 
+    tx_padded = F.pad(tx.detach(), (r, r, r, 0))
     with torch.no_grad():
-      torch_fwd = _best_seconds(torch_forward)
-    rows.append((f'PyTorch {torch.__version__}', torch_fwd,
+      torch_times = [_best_seconds(f) for f in (
+          torch_forward,
+          lambda: torch.nn.grad.conv2d_input(tx_padded.shape, tw, tdy),
+          lambda: torch.nn.grad.conv2d_weight(tx_padded, tw.shape, tdy))]
+    rows.append((f'PyTorch {torch.__version__}', *torch_times,
                  _best_seconds(torch_both)))
   print(f'Vertical conv {r + 1}x{k}, {p} -> {2 * p}, batch {batch}, '
         f'{size}x{size}, float32, best of 5:')
-  print('| kernel | forward ms | GFLOP/s | forward+backward ms | GFLOP/s |')
-  print('|---|---|---|---|---|')
-  for name, fwd, fb in rows:
+  print('| kernel | forward ms | GFLOP/s | input grad ms | kernel grad ms | '
+        'forward+backward ms | GFLOP/s |')
+  print('|---|---|---|---|---|---|---|')
+  for name, fwd, dx, dw, fb in rows:
     print(f'| {name} | {1e3 * fwd:.1f} | {flops / fwd / 1e9:.0f} | '
+          f'{1e3 * dx:.1f} | {1e3 * dw:.1f} | '
           f'{1e3 * fb:.1f} | {3 * flops / fb / 1e9:.0f} |')
 
 
